@@ -1,0 +1,90 @@
+"""Orbax checkpoints of a run: train state (params, optimizer, teacher), rng, step, data iterator, config.
+
+One `CheckpointManager` per run directory with three items:
+  state  the train-state pytree (+ rng), restored into an abstract target carrying the *current* mesh's
+         shardings, so a run can resume on a mesh of another shape;
+  meta   JSON: step, per-host data-iterator states, counters, the config that wrote it;
+  The grain iterator state is plain JSON (MapDataset iterators), kept per process in `meta`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def _abstract(tree: Any) -> Any:
+    """ShapeDtypeStructs with each leaf's current sharding: the restore target on the current mesh."""
+
+    def one(x):
+        if isinstance(x, jax.Array):
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        return x
+
+    return jax.tree.map(one, tree)
+
+
+class RunCheckpointer:
+    """Save / restore a run's state under `<run_dir>/checkpoints`, asynchronously."""
+
+    def __init__(self, run_dir: str, *, max_to_keep: int = 2, async_save: bool = True):
+        self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state: Any, meta: dict, *, force: bool = False) -> bool:
+        """Start saving `state` (any pytree of arrays) and the JSON `meta` at `step`."""
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            force=force,
+        )
+
+    def restore(self, like_state: Any, step: int | None = None) -> tuple[Any, dict]:
+        """Restore into the shapes, dtypes and shardings of `like_state` (the freshly built state)."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.directory}")
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(_abstract(like_state)), meta=ocp.args.JsonRestore()),
+        )
+        return restored["state"], dict(restored["meta"])
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+
+def save_params(run_dir: str, params: Any, meta: dict, step: int = 0) -> str:
+    """Write a params-only checkpoint (e.g. the demo's warm-started model); returns its directory."""
+    ckpt = RunCheckpointer(run_dir, max_to_keep=1, async_save=False)
+    try:
+        ckpt.save(step, {"params": params}, meta, force=True)
+    finally:
+        ckpt.close()
+    return ckpt.directory
+
+
+def restore_params(run_dir: str, like_params: Any) -> tuple[Any, dict]:
+    """Read a params-only checkpoint written by `save_params` into the layout of `like_params`."""
+    ckpt = RunCheckpointer(run_dir, async_save=False)
+    try:
+        state, meta = ckpt.restore({"params": like_params})
+    finally:
+        ckpt.close()
+    return state["params"], meta

@@ -1,0 +1,302 @@
+"""The config schema (ml_collections), its defaults, and `validate(cfg)` with clear messages.
+
+Every experiment config in `configs/` starts from `base_config()` and overrides fields; `validate`
+checks the whole tree against this schema before anything heavy starts (unknown keys, wrong types,
+values out of range, shapes that cannot divide the mesh, paths that do not exist).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ml_collections
+
+ConfigDict = ml_collections.ConfigDict
+
+# Fields that may legitimately hold None or several types: name -> allowed Python types.
+_FLEXIBLE_TYPES: dict[str, tuple[type, ...]] = {
+    "loss.is_clip": (float, int, type(None)),
+    "loss.rollout_is_clip": (float, int, type(None)),
+    "loss.adv_clip": (float, int, type(None)),
+    "loss.dual_clip": (float, int, type(None)),
+    "loss.topk": (int, type(None)),
+    "reprompt.max_len": (int, type(None)),
+    "rollout.top_k": (int,),
+    "model.init.sliding_window": (int, type(None)),
+    "checkpoint.resume_from": (str, type(None)),
+    "checkpoint.warm_start_dir": (str, type(None)),
+    "model.path": (str, type(None)),
+    "data.eval": (str, type(None)),
+    "logging.wandb_project": (str, type(None)),
+}
+
+
+class ConfigError(ValueError):
+    """A config field is wrong; the message names the field and what would work."""
+
+
+def base_config() -> ConfigDict:
+    """All fields with their defaults. Experiment configs override these; none may add new keys."""
+    c = ConfigDict()
+    c.seed = 0
+    c.run_dir = "runs/default"
+
+    # The model: a Hugging Face directory (`path`) or a random init from `init` (tests, the demo).
+    c.model = ConfigDict()
+    c.model.path = None
+    c.model.compute_dtype = "float32"
+    c.model.param_dtype = "float32"
+    c.model.attention_impl = "plain"
+    c.model.remat = False
+    c.model.scan_layers = False
+    c.model.init = ConfigDict()
+    c.model.init.model_type = "qwen3"
+    c.model.init.hidden_size = 64
+    c.model.init.num_layers = 2
+    c.model.init.num_heads = 4
+    c.model.init.num_kv_heads = 2
+    c.model.init.head_dim = 16
+    c.model.init.intermediate_size = 128
+    c.model.init.tie_word_embeddings = True
+    c.model.init.rope_theta = 10000.0
+    c.model.init.sliding_window = None
+
+    c.tokenizer = ConfigDict()
+    c.tokenizer.path = "demo"  # "demo" = the project's own offline BPE; else an HF directory
+    c.tokenizer.enable_thinking = False
+
+    c.mesh = ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1  # -1: the rest of the devices
+    c.mesh.tensor = 1
+
+    c.data = ConfigDict()
+    c.data.train = "synthetic"  # a JSONL path, a built-in name, or "pkg.module:function"
+    c.data.eval = None
+    c.data.prompts_per_step = 8  # questions per generation batch (global)
+    c.data.eval_prompts = 64
+    c.data.skip_bad_rows = False
+    c.data.synthetic_difficulty = 1
+
+    c.env = ConfigDict()
+    c.env.name = "synthetic"
+    c.env.num_workers = 0  # 0 = one per host core
+    c.env.timeout_s = 30.0
+    c.env.unsafe_allow_no_sandbox = False
+
+    c.rollout = ConfigDict()
+    c.rollout.n = 8
+    c.rollout.temperature = 1.0
+    c.rollout.top_p = 1.0
+    c.rollout.top_k = 0
+    c.rollout.max_new_tokens = 32
+    c.rollout.prompt_buckets = (64, 128, 256, 512, 1024, 2048)
+    c.rollout.completion_buckets = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    c.rollout.cache_dtype = "float32"
+
+    c.reprompt = ConfigDict()
+    c.reprompt.success_threshold = 0.5
+    c.reprompt.dont_reprompt_on_self_success = True
+    c.reprompt.remove_thinking = True
+    c.reprompt.include_feedback = True
+    c.reprompt.feedback_only_without_solution = True
+    c.reprompt.max_len = 10240
+    c.reprompt.teacher_prompt_buckets = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 10240)
+
+    c.loss = ConfigDict()
+    c.loss.objective = "sdpo"  # sdpo | grpo | hybrid
+    c.loss.hybrid_lambda = 0.9
+    c.loss.mode = "topk"  # topk | full | token
+    c.loss.topk = 100
+    c.loss.add_tail = True
+    c.loss.alpha = 0.5
+    c.loss.is_clip = 2.0
+    c.loss.rollout_is_clip = 2.0
+    c.loss.aggregation = "seq_mean_token_mean"
+    c.loss.clip_low = 0.2
+    c.loss.clip_high = 0.28
+    c.loss.dual_clip = 3.0
+    c.loss.adv_clip = None
+    c.loss.norm_adv_by_std = False
+    c.loss.vocab_chunk = 8192
+
+    c.teacher = ConfigDict()
+    c.teacher.kind = "ema"  # ema | trust_region | frozen | live
+    c.teacher.ema_rate = 0.05
+    c.teacher.trust_region_mix = 0.05
+
+    c.optim = ConfigDict()
+    c.optim.lr = 1e-5
+    c.optim.warmup_steps = 10
+    c.optim.weight_decay = 0.01
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.grad_clip = 1.0
+    c.optim.minibatch_prompts = 0  # questions per optimizer step; 0 = the whole generation batch
+    c.optim.micro_batches = 1
+
+    c.train = ConfigDict()
+    c.train.steps = 100  # generation batches
+    c.train.max_nonfinite_in_a_row = 5
+
+    c.eval = ConfigDict()
+    c.eval.every = 10  # 0 = never
+    c.eval.n = 4
+    c.eval.temperature = 0.6
+    c.eval.top_p = 0.95
+    c.eval.at_start = True
+
+    c.checkpoint = ConfigDict()
+    c.checkpoint.every = 10  # 0 = only at the end
+    c.checkpoint.max_to_keep = 2
+    c.checkpoint.async_save = True
+    c.checkpoint.resume = True  # resume from run_dir when it holds a checkpoint
+    c.checkpoint.resume_from = None  # or an explicit checkpoint directory
+    c.checkpoint.warm_start_dir = None  # demo: where the warm-started model lives
+    c.checkpoint.export_hf_at_end = True
+
+    c.logging = ConfigDict()
+    c.logging.every = 1
+    c.logging.tensorboard = True
+    c.logging.wandb_project = None
+    c.logging.plot = True
+    c.logging.progress_bar = True
+
+    c.warm_start = ConfigDict()  # supervised warm start (the demo): 0 steps = none
+    c.warm_start.steps = 0
+    c.warm_start.lr = 3e-3
+    c.warm_start.batch_size = 64
+    c.warm_start.feedback_fraction = 0.5
+    return c
+
+
+_CHOICES: dict[str, tuple[Any, ...]] = {
+    "loss.objective": ("sdpo", "grpo", "hybrid"),
+    "loss.mode": ("topk", "full", "token"),
+    "loss.aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum"),
+    "teacher.kind": ("ema", "trust_region", "frozen", "live"),
+    "model.compute_dtype": ("float32", "bfloat16"),
+    "model.param_dtype": ("float32", "bfloat16"),
+    "model.attention_impl": ("plain", "blockwise", "cudnn", "splash"),
+    "rollout.cache_dtype": ("float32", "bfloat16"),
+}
+
+
+def _walk(cfg: ConfigDict, prefix: str = ""):
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, ConfigDict):
+            yield from _walk(value, name + ".")
+        else:
+            yield name, value
+
+
+def _get(cfg: ConfigDict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _check_schema(cfg: ConfigDict, schema: ConfigDict, prefix: str = "") -> None:
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            close = [k for k in schema.keys() if k[:3] == key[:3]]
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"config: unknown key {name!r}.{hint} Known keys here: {sorted(schema.keys())}")
+        expected = schema[key]
+        if isinstance(expected, ConfigDict):
+            if not isinstance(value, ConfigDict):
+                raise ConfigError(f"config: {name!r} must be a group of fields, got {type(value).__name__}")
+            _check_schema(value, expected, name + ".")
+            continue
+        allowed = _FLEXIBLE_TYPES.get(name)
+        if allowed is None:
+            allowed = (float, int) if isinstance(expected, float) else (type(expected),)
+            if isinstance(expected, (tuple, list)):
+                allowed = (tuple, list)
+        if isinstance(value, bool) and bool not in allowed:
+            raise ConfigError(f"config: {name!r} must be {allowed[0].__name__}, got the bool {value!r}")
+        if not isinstance(value, allowed):
+            names = " or ".join(t.__name__ for t in allowed)
+            raise ConfigError(f"config: {name!r} must be {names}, got {type(value).__name__} {value!r}")
+
+
+def validate(cfg: ConfigDict, *, num_devices: int | None = None, num_processes: int = 1) -> None:
+    """Raise ConfigError naming the first bad field and the fix; return None when the config is sound."""
+    _check_schema(cfg, base_config())
+    for name, choices in _CHOICES.items():
+        value = _get(cfg, name)
+        if value not in choices:
+            raise ConfigError(f"config: {name}={value!r} is not one of {list(choices)}")
+
+    def positive(name: str, allow_zero: bool = False):
+        value = _get(cfg, name)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"config: {name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+    for name in ("rollout.n", "rollout.max_new_tokens", "data.prompts_per_step", "train.steps",
+                 "optim.micro_batches", "train.max_nonfinite_in_a_row"):
+        positive(name)
+    for name in ("optim.lr", "rollout.temperature"):
+        positive(name, allow_zero=name == "rollout.temperature")
+    for name in ("eval.every", "checkpoint.every", "optim.minibatch_prompts", "warm_start.steps",
+                 "optim.warmup_steps", "env.num_workers"):
+        positive(name, allow_zero=True)
+    if not 0.0 < cfg.rollout.top_p <= 1.0:
+        raise ConfigError(f"config: rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
+    if not 0.0 <= cfg.loss.alpha <= 1.0:
+        raise ConfigError(f"config: loss.alpha={cfg.loss.alpha} must be in [0, 1] (0 forward KL, 1 reverse KL)")
+    if cfg.loss.mode == "token" and cfg.loss.alpha != 1.0:
+        raise ConfigError("config: loss.mode='token' needs loss.alpha=1.0 (the sampled-token surrogate is reverse KL only)")
+    if cfg.loss.mode == "topk" and (cfg.loss.topk is None or cfg.loss.topk < 1):
+        raise ConfigError(f"config: loss.mode='topk' needs loss.topk >= 1, got {cfg.loss.topk!r} (or use loss.mode='full')")
+    if not 0.0 <= cfg.teacher.ema_rate <= 1.0:
+        raise ConfigError(f"config: teacher.ema_rate={cfg.teacher.ema_rate} must be in [0, 1]")
+    if not 0.0 <= cfg.loss.hybrid_lambda <= 1.0:
+        raise ConfigError(f"config: loss.hybrid_lambda={cfg.loss.hybrid_lambda} must be in [0, 1]")
+    if list(cfg.rollout.prompt_buckets) != sorted(cfg.rollout.prompt_buckets) or not cfg.rollout.prompt_buckets:
+        raise ConfigError(f"config: rollout.prompt_buckets={tuple(cfg.rollout.prompt_buckets)} must be a non-empty increasing list")
+    if cfg.rollout.max_new_tokens > max(cfg.rollout.completion_buckets):
+        raise ConfigError(
+            f"config: rollout.max_new_tokens={cfg.rollout.max_new_tokens} exceeds the largest of "
+            f"rollout.completion_buckets={tuple(cfg.rollout.completion_buckets)}; add a larger bucket")
+
+    mini = cfg.optim.minibatch_prompts or cfg.data.prompts_per_step
+    if cfg.data.prompts_per_step % mini:
+        raise ConfigError(
+            f"config: data.prompts_per_step={cfg.data.prompts_per_step} is not a multiple of "
+            f"optim.minibatch_prompts={mini}")
+    if cfg.data.prompts_per_step % num_processes:
+        raise ConfigError(
+            f"config: data.prompts_per_step={cfg.data.prompts_per_step} must divide evenly over "
+            f"{num_processes} processes (each host reads its own prompts)")
+
+    axes = {"mesh.data": cfg.mesh.data, "mesh.fsdp": cfg.mesh.fsdp, "mesh.tensor": cfg.mesh.tensor}
+    if sum(v == -1 for v in axes.values()) > 1:
+        raise ConfigError(f"config: at most one mesh axis may be -1, got {axes}")
+    for name, value in axes.items():
+        if value == 0 or value < -1:
+            raise ConfigError(f"config: {name}={value} must be a positive size or -1 (the rest of the devices)")
+    if num_devices is not None:
+        fixed = 1
+        for value in axes.values():
+            fixed *= value if value != -1 else 1
+        if num_devices % fixed:
+            raise ConfigError(
+                f"config: mesh {axes} needs a multiple of {fixed} devices, but there are {num_devices}")
+        rest = num_devices // fixed
+        data_parallel = (rest if cfg.mesh.data == -1 else cfg.mesh.data) * (rest if cfg.mesh.fsdp == -1 else cfg.mesh.fsdp)
+        rows = cfg.data.prompts_per_step * cfg.rollout.n
+        if rows % data_parallel:
+            raise ConfigError(
+                f"config: the generation batch data.prompts_per_step x rollout.n = {rows} rows does not divide "
+                f"over the data-parallel axes mesh.data x mesh.fsdp = {data_parallel}; change one of them")
+    for name in ("model.path", "checkpoint.resume_from"):
+        value = _get(cfg, name)
+        if value and not value.startswith("gs://") and not os.path.exists(value):
+            raise ConfigError(f"config: {name}={value!r} does not exist")
+    if cfg.data.train.endswith(".jsonl") and not os.path.exists(cfg.data.train):
+        raise ConfigError(f"config: data.train={cfg.data.train!r} does not exist")
