@@ -1,0 +1,318 @@
+"""On-device rollout: left-padded prompt buckets, a jitted prefill, and a jitted `lax.while_loop`
+decode over a preallocated, donated KV cache.
+
+    out = generate(cfg, params, prompts, max_new_tokens=256, temperature=1.0, eos_ids=[2], n=8, rng=0)
+
+Layout (DESIGN.md, "Generation"): row r of every output is prompt r // n, sample r % n. `tokens`
+[B·n, C] int32 holds the completion, the stop token included, then `pad_id`; `logprobs` [B·n, C]
+fp32 holds log_softmax(z / T)[token] over the FULL vocabulary (0 on padding; greedy uses T = 1) —
+the quantity the trainer recomputes from its own forward for the importance ratio. With top-k/top-p
+active the token was drawn from the truncated distribution, so these are the untruncated policy's
+log-probs, not the behaviour distribution's. `lengths` [B·n] counts completion tokens (stop token
+included); `finish_reason` [B·n] is FINISH_STOP or FINISH_LENGTH; `num_decode_steps` is how many
+decode iterations ran (the first token comes from the prefill, so at most max_new_tokens - 1).
+
+Programs: one prefill per (prompt bucket, batch, max_new_tokens, sampling flags) and one decode per
+the same key; both are module-level `jax.jit`s, so `_prefill._cache_size()` counts compiles. The
+prefill projects only the last prompt position to the vocabulary, runs each distinct prompt once and
+repeats its cache n times. The decode feeds one token per row per step (positions continue from the
+prompt's mask), writes its K/V at slot P + t, and stops when every row has hit a stop id.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sdpo_jax.sampling_ops import SamplingSpec, choose_tokens, is_stop
+
+FINISH_STOP = 0  # the row emitted one of the stop ids
+FINISH_LENGTH = 1  # the row reached max_new_tokens without a stop id
+
+DEFAULT_PROMPT_BUCKETS = tuple(2**i for i in range(4, 16))  # 16 ... 32768
+
+_ROW_AXES = ("data", "fsdp")  # the mesh axes that split the batch of rows
+
+
+class GenerateOutput(NamedTuple):
+    tokens: np.ndarray  # [B·n, C] int32, pad after the stop token
+    logprobs: np.ndarray  # [B·n, C] float32, 0 on padding
+    lengths: np.ndarray  # [B·n] int32, stop token included
+    finish_reason: np.ndarray  # [B·n] int32: FINISH_STOP or FINISH_LENGTH
+    num_decode_steps: int  # decode-loop iterations actually run (<= max_new_tokens - 1)
+
+
+# ----------------------------------------------------------------------------- buckets and padding
+
+
+def pick_bucket(length: int, buckets: Sequence[int] | None = None) -> int:
+    """The smallest bucket >= length. Raises ValueError when the length exceeds every bucket."""
+    buckets = tuple(sorted(DEFAULT_PROMPT_BUCKETS if buckets is None else buckets))
+    if not buckets or buckets[0] < 1:
+        raise ValueError(f"buckets={buckets} must be a non-empty list of positive lengths")
+    for bucket in buckets:
+        if length <= bucket:
+            return int(bucket)
+    raise ValueError(f"length {length} exceeds the largest bucket {buckets[-1]} (buckets={buckets}); "
+                     f"add a larger bucket or shorten the sequence")
+
+
+def pad_to_bucket(lists: Sequence[Sequence[int]], buckets: Sequence[int] | None, pad_id: int,
+                  side: str = "left") -> tuple[np.ndarray, np.ndarray]:
+    """Pad token lists to the bucket of the longest one. Returns (ids int32 [B, L], mask int32 [B, L]).
+
+    side="left" for prompts (the last real token sits in the last column), "right" for completions.
+    A list longer than the largest bucket raises ValueError naming its index and length.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"pad_to_bucket: side={side!r} must be 'left' or 'right'")
+    if not lists:
+        raise ValueError("pad_to_bucket: got no sequences")
+    lengths = [len(seq) for seq in lists]
+    largest = max(DEFAULT_PROMPT_BUCKETS if buckets is None else buckets)
+    for index, length in enumerate(lengths):
+        if length > largest:
+            raise ValueError(f"sequence {index} has length {length}, longer than the largest bucket "
+                             f"{largest} (buckets={tuple(buckets or DEFAULT_PROMPT_BUCKETS)}); add a "
+                             f"larger bucket or truncate it")
+    width = pick_bucket(max(lengths), buckets)
+    ids = np.full((len(lists), width), pad_id, np.int32)
+    mask = np.zeros((len(lists), width), np.int32)
+    for row, seq in enumerate(lists):
+        cols = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, cols] = np.asarray(seq, np.int32)
+        mask[row, cols] = 1
+    return ids, mask
+
+
+# ----------------------------------------------------------------------------- shardings
+
+
+def _row_sharding(mesh, ndim: int) -> NamedSharding | None:
+    """Leading (row) dimension over ("data", "fsdp"), the rest replicated."""
+    if mesh is None:
+        return None
+    return NamedSharding(mesh, PartitionSpec(_ROW_AXES, *([None] * (ndim - 1))))
+
+
+def _cache_sharding(cfg, mesh) -> NamedSharding | None:
+    """[L, rows, S, K, H]: rows over ("data", "fsdp"), KV heads over "tensor" when they divide it."""
+    if mesh is None:
+        return None
+    heads = "tensor" if cfg.num_kv_heads % mesh.shape["tensor"] == 0 else None
+    return NamedSharding(mesh, PartitionSpec(None, _ROW_AXES, None, heads, None))
+
+
+def _row_parallelism(mesh) -> int:
+    return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def _constrain(tree, sharding):
+    if sharding is None:
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
+def decode_params(cfg, params, mesh, dtype=jnp.bfloat16):
+    """A copy of the weights for decoding: floating leaves cast to `dtype`, `fsdp` removed from every
+    sharding (kept on `tensor`), so the decode loop does no per-step all-gather of weights. Made once
+    per generation batch; its size is `tree_nbytes(result)`. With mesh=None only the cast happens.
+    """
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    if mesh is None:
+        return jax.jit(lambda p: jax.tree.map(cast, p))(params)
+    from sdpo_jax.sharding import param_shardings
+
+    def without_fsdp(sharding):
+        def drop(entry):
+            if entry == "fsdp":
+                return None
+            if isinstance(entry, tuple):
+                kept = tuple(axis for axis in entry if axis != "fsdp")
+                return kept if len(kept) > 1 else (kept[0] if kept else None)
+            return entry
+        return NamedSharding(sharding.mesh, PartitionSpec(*[drop(e) for e in sharding.spec]))
+
+    out_shardings = jax.tree.map(without_fsdp, param_shardings(cfg, mesh))
+    return jax.jit(lambda p: jax.tree.map(cast, p), out_shardings=out_shardings)(params)
+
+
+def tree_nbytes(tree) -> dict:
+    """{"total": bytes of the logical arrays, "per_device_max": the largest per-device share}."""
+    total, per_device = 0, {}
+    for leaf in jax.tree.leaves(tree):
+        total += leaf.size * leaf.dtype.itemsize
+        for shard in getattr(leaf, "addressable_shards", []):
+            per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+    return {"total": int(total), "per_device_max": int(max(per_device.values(), default=total))}
+
+
+# ----------------------------------------------------------------------------- the two programs
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "spec", "n", "max_new_tokens", "cache_dtype",
+                                             "mesh"))
+def _prefill(cfg, params, prompt_ids_bp, prompt_mask_bp, stop_ids_e, pad_id, rng, *, spec, n,
+             max_new_tokens, cache_dtype, mesh):
+    """Run the B distinct prompts once, choose each row's first token, and build the decode state
+    for B·n rows with a KV cache of P + max_new_tokens slots (rows r = b·n + s)."""
+    from sdpo_jax import models
+
+    batch, prompt_len = prompt_ids_bp.shape
+    rows, width = batch * n, max_new_tokens
+    valid_bp = prompt_mask_bp.astype(bool)
+    positions_bp = jnp.maximum(jnp.cumsum(prompt_mask_bp.astype(jnp.int32), axis=-1) - 1, 0)
+    cache = models.init_kv_cache(cfg, batch, prompt_len, cache_dtype)
+    h_bpd, cache = models.forward_cached(cfg, params, prompt_ids_bp, positions_bp, cache, valid_bp,
+                                         jnp.int32(0))
+    logits_bv = models.logits_from_hidden(cfg, params, h_bpd[:, -1:, :])[:, 0, :]
+    logits_rv = _constrain(jnp.repeat(logits_bv, n, axis=0), _row_sharding(mesh, 2))
+    token_r, logprob_r = choose_tokens(logits_rv, jax.random.fold_in(rng, 0), spec)
+
+    def widen(x_lbpkh):  # repeat each prompt n times, then room for the completion
+        x_lrpkh = jnp.repeat(x_lbpkh, n, axis=1)
+        return jnp.pad(x_lrpkh, ((0, 0), (0, 0), (0, width), (0, 0), (0, 0)))
+
+    state = {
+        "cache": _constrain({name: widen(x) for name, x in cache.items()}, _cache_sharding(cfg, mesh)),
+        "tokens": jnp.full((rows, width), pad_id, jnp.int32).at[:, 0].set(token_r),
+        "logprobs": jnp.zeros((rows, width), jnp.float32).at[:, 0].set(logprob_r),
+        "done": is_stop(token_r, stop_ids_e),
+        "lengths": jnp.ones((rows,), jnp.int32),
+        "prompt_lengths": jnp.repeat(prompt_mask_bp.astype(jnp.int32).sum(-1), n),
+        # Completion slots are all marked valid: causality (slot <= write slot) hides the future.
+        "slot_mask": jnp.concatenate([jnp.repeat(valid_bp, n, axis=0), jnp.ones((rows, width), bool)],
+                                     axis=1),
+        "step": jnp.int32(1),  # columns filled so far
+    }
+    for name in ("tokens", "logprobs", "done", "lengths", "prompt_lengths", "slot_mask"):
+        state[name] = _constrain(state[name], _row_sharding(mesh, state[name].ndim))
+    return state
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "spec"), donate_argnames=("state",))
+def _decode(cfg, params, state, stop_ids_e, pad_id, rng, *, spec):
+    """`lax.while_loop` over completion columns 1..C-1; exits when every row is done."""
+    from sdpo_jax import models
+
+    width = state["tokens"].shape[1]
+    prompt_len = state["slot_mask"].shape[1] - width
+
+    def keep_going(st):
+        return (st["step"] < width) & ~jnp.all(st["done"])
+
+    def one_token(st):
+        t = st["step"]
+        prev_r = jax.lax.dynamic_index_in_dim(st["tokens"], t - 1, axis=1, keepdims=False)
+        positions_r1 = (st["prompt_lengths"] + t - 1)[:, None]
+        h_r1d, cache = models.forward_cached(cfg, params, prev_r[:, None], positions_r1, st["cache"],
+                                             st["slot_mask"], prompt_len + t - 1)
+        logits_rv = models.logits_from_hidden(cfg, params, h_r1d)[:, 0, :]
+        token_r, logprob_r = choose_tokens(logits_rv, jax.random.fold_in(rng, t), spec)
+        live_r = ~st["done"]
+        token_r = jnp.where(live_r, token_r, pad_id)
+        logprob_r = jnp.where(live_r, logprob_r, 0.0)
+        return {
+            **st,
+            "cache": cache,
+            "tokens": jax.lax.dynamic_update_slice(st["tokens"], token_r[:, None], (0, t)),
+            "logprobs": jax.lax.dynamic_update_slice(st["logprobs"], logprob_r[:, None], (0, t)),
+            "done": st["done"] | (live_r & is_stop(token_r, stop_ids_e)),
+            "lengths": st["lengths"] + live_r.astype(jnp.int32),
+            "step": t + 1,
+        }
+
+    final = jax.lax.while_loop(keep_going, one_token, state)
+    finish_r = jnp.where(final["done"], FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
+    return final["tokens"], final["logprobs"], final["lengths"], finish_r, final["step"] - 1
+
+
+# ----------------------------------------------------------------------------- the public entry
+
+
+def _as_key(rng):
+    if isinstance(rng, (int, np.integer)):
+        return jax.random.key(int(rng))
+    return rng
+
+
+def _resolve_dtype(cfg, cache_dtype):
+    if cache_dtype is None:
+        cache_dtype = getattr(cfg, "compute_dtype", "float32")
+    return jnp.dtype(cache_dtype)
+
+
+def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+             eos_ids: Sequence[int], n: int = 1, rng, prompt_buckets: Sequence[int] | None = None,
+             mesh=None, cache_dtype=None, pad_id: int | None = None) -> GenerateOutput:
+    """Sample n completions for each prompt (token-id lists of any lengths) on device.
+
+    temperature=0 is greedy. eos_ids may hold several stop ids (or none: fixed-length runs).
+    rng: an int seed or a jax PRNG key; the result is a deterministic function of it. With `mesh`,
+    rows are split over ("data", "fsdp") and params must already be placed on that mesh
+    (`sharding.shard_params` or `decode_params`); B·n is padded with copies of prompt 0 up to a
+    multiple of the row parallelism and the extra rows are dropped. cache_dtype defaults to
+    cfg.compute_dtype; pad_id to cfg.pad_token_id (0 when unset). See the module docstring for the
+    output layout and the exact meaning of the log-probs.
+    """
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"generate: n={n!r} must be an integer >= 1 (samples per prompt)")
+    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise ValueError(f"generate: max_new_tokens={max_new_tokens!r} must be an integer >= 1")
+    vocab = cfg.vocab_size
+    prompts = [list(p) for p in prompts]
+    if not prompts:
+        raise ValueError("generate: prompts is empty; pass at least one token-id list")
+    for index, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"generate: prompt {index} is empty; every prompt needs at least one token")
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"generate: prompt {index} has token id {bad[0]} outside the vocabulary "
+                             f"[0, {vocab})")
+    stop_ids = [int(s) for s in eos_ids]
+    for s in stop_ids:
+        if not 0 <= s < vocab:
+            raise ValueError(f"generate: stop id {s} in eos_ids={stop_ids} is outside the vocabulary "
+                             f"[0, {vocab})")
+    spec = SamplingSpec(float(temperature), int(top_k), float(top_p)).validate(vocab)
+    if pad_id is None:
+        pad_id = getattr(cfg, "pad_token_id", None)
+        pad_id = 0 if pad_id is None else int(pad_id)
+
+    # Pad the prompt list so that B·n divides over the row axes of the mesh.
+    num_prompts, rows_per = len(prompts), _row_parallelism(mesh)
+    batch = num_prompts
+    while (batch * n) % rows_per:
+        batch += 1
+    ids_bp, mask_bp = pad_to_bucket(prompts + [prompts[0]] * (batch - num_prompts), prompt_buckets,
+                                    pad_id, side="left")
+
+    prompt_sharding = _row_sharding(mesh, 2) if batch % rows_per == 0 else (
+        None if mesh is None else NamedSharding(mesh, PartitionSpec()))
+    replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    put = (lambda x, s: jnp.asarray(x)) if mesh is None else jax.device_put
+    ids_bp, mask_bp = put(ids_bp, prompt_sharding), put(mask_bp, prompt_sharding)
+    stop_ids_e = put(np.asarray(stop_ids, np.int32).reshape(-1), replicated)
+    pad = put(np.int32(pad_id), replicated)
+    key = _as_key(rng)
+    if mesh is not None:
+        key = jax.device_put(key, replicated)
+
+    state = _prefill(cfg, params, ids_bp, mask_bp, stop_ids_e, pad, key, spec=spec, n=int(n),
+                     max_new_tokens=int(max_new_tokens), cache_dtype=_resolve_dtype(cfg, cache_dtype),
+                     mesh=mesh)
+    tokens, logprobs, lengths, finish, steps = _decode(cfg, params, state, stop_ids_e, pad, key,
+                                                       spec=spec)
+    keep = num_prompts * n
+    return GenerateOutput(tokens=np.asarray(tokens)[:keep], logprobs=np.asarray(logprobs)[:keep],
+                          lengths=np.asarray(lengths)[:keep], finish_reason=np.asarray(finish)[:keep],
+                          num_decode_steps=int(steps))
