@@ -77,6 +77,21 @@ def _water_fill(lengths: Sequence[int], budget: int) -> list[int]:
     return caps
 
 
+def _plain(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _token_ends(tokenizer, text: str) -> list[int]:
+    """Character offset where each token of `text` ends (proportional estimate without offsets)."""
+    try:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ends = [e for _, e in enc["offset_mapping"]]
+    except (NotImplementedError, KeyError, TypeError, ValueError):
+        n = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]), 1)
+        ends = [round(len(text) * (k + 1) / n) for k in range(n)]
+    return ends or [len(text)]
+
+
 def build_teacher_prompts(
     tokenizer,
     messages_per_sample: Sequence[Sequence[dict[str, Any]]],
@@ -104,8 +119,10 @@ def build_teacher_prompts(
     feedback string (None / "" when none); `group_ids[i]` its question's id.
     """
     n = len(messages_per_sample)
-    for name, seq in (("completions_text", completions_text), ("rewards", rewards),
-                      ("group_ids", group_ids)) + ((("feedbacks", feedbacks),) if feedbacks is not None else ()):
+    lengths = {"completions_text": completions_text, "rewards": rewards, "group_ids": group_ids}
+    if feedbacks is not None:
+        lengths["feedbacks"] = feedbacks
+    for name, seq in lengths.items():
         if len(seq) != n:
             raise ValueError(f"build_teacher_prompts: len({name})={len(seq)} but "
                              f"len(messages_per_sample)={n}; pass one entry per sample")
@@ -116,7 +133,14 @@ def build_teacher_prompts(
     _check_template("feedback_template", feedback_template, "feedback_raw", FEEDBACK_TEMPLATE)
     if max_len <= 0:
         raise ValueError(f"build_teacher_prompts: max_len={max_len} must be positive")
-    rewards = np.asarray(rewards, dtype=np.float64).reshape(-1)
+    for i, msgs in enumerate(messages_per_sample):
+        if not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "user":
+            raise ValueError(
+                f"build_teacher_prompts: sample {i} (group {_plain(group_ids[i])!r}): the last "
+                f"message must be the user turn with the question, got {msgs[-1:]!r}")
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if rewards.ndim == 2:  # per-token rewards: a rollout's reward is their sum (official)
+        rewards = rewards.sum(axis=-1)
 
     texts = [c if isinstance(c, str) else tokenizer.decode(list(c), skip_special_tokens=True)
              for c in completions_text]
@@ -128,7 +152,8 @@ def build_teacher_prompts(
 
     solutions: list[str | None] = []
     for i, g in enumerate(group_ids):
-        candidates = [j for j in success_by_group[g] if not (dont_reprompt_on_self_success and j == i)]
+        candidates = [j for j in success_by_group[g]
+                      if not (dont_reprompt_on_self_success and j == i)]
         if not candidates:
             solutions.append(None)
             continue
@@ -140,7 +165,8 @@ def build_teacher_prompts(
         for i, fb in enumerate(feedbacks):
             if isinstance(fb, str) and fb.strip():
                 available[i] = fb
-    used = [available[i] is not None and not (feedback_only_without_solution and solutions[i] is not None)
+    used = [available[i] is not None
+            and not (feedback_only_without_solution and solutions[i] is not None)
             for i in range(n)]
     sd_mask = np.array([solutions[i] is not None or used[i] for i in range(n)], dtype=np.float32)
 
@@ -164,11 +190,6 @@ def build_teacher_prompts(
         msgs = list(messages_per_sample[i])
         return msgs[:-1] + [{"role": "user", "content": text}]
 
-    for i, msgs in enumerate(messages_per_sample):
-        if not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "user":
-            raise ValueError(f"build_teacher_prompts: sample {i} (group {group_ids[i]!r}): the last "
-                             f"message must be the user turn with the question, got {msgs[-1:]!r}")
-
     user_texts = [user_text(i, bodies_of(i)) for i in range(n)]
     rendered = [render_chat(tokenizer, teacher_messages(i, user_texts[i]),
                             enable_thinking=enable_thinking) for i in range(n)]
@@ -184,29 +205,29 @@ def build_teacher_prompts(
         if len(ids[i]) <= max_len:
             continue
         full = bodies_of(i)
-        where = f"sample {i} (group {group_ids[i]!r})"
+        where = f"sample {i} (group {_plain(group_ids[i])!r})"
         empty_len = len(encode(i, [""] * len(full)))
         if not full or empty_len > max_len:
             raise ValueError(
                 f"build_teacher_prompts: {where}: the teacher prompt needs {empty_len} tokens "
                 f"without any demonstration or feedback, more than max_len={max_len}; raise max_len "
                 "(config: the teacher's max prompt length) or shorten the question/system prompt.")
-        # Largest total character budget whose water-filled prefixes fit (binary search).
-        lengths = [len(b) for b in full]
-        lo, hi, best = 0, sum(lengths), None
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            caps = _water_fill(lengths, mid)
-            cand = encode(i, [b[:c] for b, c in zip(full, caps)])
+        # Cut the bodies' tails in token units (water-filled), shrinking the budget by the
+        # measured excess until the re-templated prompt fits; budget 0 fits (checked above).
+        ends = [_token_ends(tokenizer, b) for b in full]
+        budget = sum(len(e) for e in ends) - (len(ids[i]) - max_len)
+        while True:
+            budget = max(budget, 0)
+            caps = _water_fill([len(e) for e in ends], budget)
+            cut = [b[:e[c - 1]] if c else "" for b, e, c in zip(full, ends, caps)]
+            cand = encode(i, cut)
             if len(cand) <= max_len:
-                best, lo = cand, mid + 1
-            else:
-                hi = mid - 1
-        if best is None:  # unreachable: budget 0 is the empty-context case checked above
-            raise ValueError(f"build_teacher_prompts: {where}: cannot fit into max_len={max_len}")
-        caps = _water_fill(lengths, lo - 1)
-        user_texts[i] = user_text(i, [b[:c] for b, c in zip(full, caps)])
-        ids[i] = best
+                break
+            if budget == 0:  # unreachable: the empty-context length was checked above
+                raise ValueError(f"build_teacher_prompts: {where}: cannot fit max_len={max_len}")
+            budget -= len(cand) - max_len
+        user_texts[i] = user_text(i, cut)
+        ids[i] = cand
         num_trimmed += 1
 
     groups = set(group_ids)
