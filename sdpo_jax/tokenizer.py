@@ -54,7 +54,16 @@ _WORDS = (
     "none class self import value values truncated yes no"
 ).split()
 
-_OPS = ("reverse", "sort", "add one to each digit of", "rotate left", "double", "count")
+_OPS = ("reverse", "sort", "inc", "dec", "rotate")  # the synthetic demo task's operations
+_SENTENCES = (
+    "Apply the ops left to right. Answer with digits only.",
+    "Format error: answer with digits only, like 1 2 3 or 123; got",
+    "Truncated attempt: the answer was cut off at the length limit.",
+    "Answer with the digits only, then stop.",
+    "The answer has 3 digits; it should have 4.",
+    "Missing at the end:",
+    "The following is feedback from your unsuccessful earlier attempt:",
+)
 
 
 def _demo_corpus(seed: int = 0, num_lines: int = 4000) -> list[str]:
@@ -62,10 +71,13 @@ def _demo_corpus(seed: int = 0, num_lines: int = 4000) -> list[str]:
     rng = random.Random(seed)
     lines = []
     for _ in range(num_lines):
-        kind = rng.randrange(4)
+        kind = rng.randrange(5)
         digits = " ".join(str(rng.randrange(10)) for _ in range(rng.randint(2, 8)))
         if kind == 0:
-            lines.append(f"{rng.choice(_OPS)} {digits}")
+            ops = " ".join(rng.choice(_OPS) for _ in range(rng.randint(1, 3)))
+            lines.append(f"{ops} {digits}")
+        elif kind == 4:
+            lines.append(rng.choice(_SENTENCES))
         elif kind == 1:
             answer = "".join(str(rng.randrange(10)) for _ in range(rng.randint(2, 8)))
             pos, want = rng.randint(1, 8), rng.randrange(10)
