@@ -176,8 +176,27 @@ def _from_import_path(spec: str, kwargs: dict[str, Any]) -> Iterable[Any]:
     return rows
 
 
+def schema_check_for_env(env: Any, schema_check: SchemaCheck | None = None) -> SchemaCheck | None:
+    """`schema_check` (a converter or check, may be None) followed by the environment's own
+    `validate_problem(problem)` when it has one (e.g. the code environment rejects a problem
+    without tests). `env` is a name / import path for `sdpo_jax.envs.get_env`, or an env object."""
+    from sdpo_jax.envs import get_env
+
+    validate = getattr(get_env(env), "validate_problem", None)
+    if validate is None:
+        return schema_check
+
+    def check(row: Row) -> Row:
+        converted = schema_check(row) if schema_check is not None else None
+        row = row if converted is None else converted
+        validate(row)
+        return row
+
+    return check
+
+
 def load_dataset(spec: str | os.PathLike, *, schema_check: SchemaCheck | None = None,
-                 skip_bad: bool = False, **kwargs) -> list[Row]:
+                 skip_bad: bool = False, env: Any = None, **kwargs) -> list[Row]:
     """Rows of the dataset named by `spec`:
 
     * a file path: `.jsonl` / `.jsonl.gz` (one problem per line) or `.json` (a list of problems);
@@ -187,10 +206,13 @@ def load_dataset(spec: str | os.PathLike, *, schema_check: SchemaCheck | None = 
       `from_humaneval` when the code environment provides it;
     * "pkg.module:function": `function(**kwargs)` returning an iterable of problem dicts.
 
-    Every row goes through `schema_check` (see `load_jsonl`); bad rows raise `DataError` naming the
-    file and line (or item), or are skipped with `skip_bad=True`. An empty result raises.
+    Every row goes through `schema_check` (see `load_jsonl`) and then, when `env` is given, the
+    environment's `validate_problem`; bad rows raise `DataError` naming the file and line (or item),
+    or are skipped with `skip_bad=True`. An empty result raises.
     """
     spec_str = os.fspath(spec)
+    if env is not None:
+        schema_check = schema_check_for_env(env, schema_check)
     if spec_str in BUILTIN_DATASETS:
         rows = _builtin(spec_str, kwargs)
         items = ((r, f"dataset {spec_str!r} item {k}", None, None) for k, r in enumerate(rows))
