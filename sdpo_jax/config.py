@@ -78,6 +78,7 @@ def base_config() -> ConfigDict:
     c.data.eval_prompts = 64
     c.data.skip_bad_rows = False
     c.data.synthetic_difficulty = 1
+    c.data.synthetic_train_size = 4096
 
     c.env = ConfigDict()
     c.env.name = "synthetic"

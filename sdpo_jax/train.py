@@ -1,0 +1,421 @@
+"""The RL loop: problems -> generate -> score -> reprompt -> old log-probs -> updates -> teacher -> log.
+
+`run(cfg)` is what `python -m sdpo_jax.main` calls. One iteration of the loop is one generation batch:
+
+    problems (grain)  ──► chat-templated prompt ids ──► sampling.generate (n per prompt)
+      ──► envs score_batch (reward + feedback) ──► reprompt.build_teacher_prompts (teacher ids, sd_mask)
+      ──► RolloutBatch (buckets) ──► train_step.update_on_generation_batch (old log-probs,
+          mini-batch optimizer steps, EMA teacher once) ──► metrics ──► eval / checkpoint every k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdpo_jax import checkpoint as ckpt_lib
+from sdpo_jax import data as data_lib
+from sdpo_jax import envs as envs_lib
+from sdpo_jax import models, reprompt, sampling, sharding
+from sdpo_jax import train_step as ts
+from sdpo_jax.logging import MetricsLogger, plot_curves, read_jsonl
+from sdpo_jax.tokenizer import apply_chat_template, load_tokenizer
+
+STOP, LENGTH = 0, 1
+
+
+def log0(*args) -> None:
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def build_model(cfg, tokenizer, mesh):
+    """(ModelConfig, params placed on the mesh): an HF checkpoint, or a random init from cfg.model.init."""
+    overrides = dict(compute_dtype=cfg.model.compute_dtype, param_dtype=cfg.model.param_dtype,
+                     attention_impl=cfg.model.attention_impl, remat=cfg.model.remat,
+                     scan_layers=cfg.model.scan_layers)
+    if cfg.model.path:
+        model_cfg, params = models.load_pretrained(cfg.model.path, mesh=mesh, dtype=cfg.model.param_dtype)
+        return model_cfg.replace(**overrides), params
+    init = cfg.model.init
+    vocab = -(-len(tokenizer) // 64) * 64  # round up: friendlier shapes for every backend
+    model_cfg = models.ModelConfig(
+        model_type=init.model_type, vocab_size=vocab, hidden_size=init.hidden_size,
+        num_layers=init.num_layers, num_heads=init.num_heads, num_kv_heads=init.num_kv_heads,
+        head_dim=init.head_dim, intermediate_size=init.intermediate_size, rope_theta=init.rope_theta,
+        qk_norm="per_head" if init.model_type == "qwen3" else "none", qkv_bias=init.model_type == "qwen2",
+        tie_word_embeddings=init.tie_word_embeddings, sliding_window=init.sliding_window,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
+    params = models.init_params(model_cfg, jax.random.key(cfg.seed))
+    return model_cfg, sharding.shard_params(params, sharding.param_shardings(model_cfg, mesh))
+
+
+def step_settings(cfg) -> ts.StepSettings:
+    loss, teacher, optim = cfg.loss, cfg.teacher, cfg.optim
+    mini = optim.minibatch_prompts or cfg.data.prompts_per_step
+    return ts.StepSettings(
+        objective=loss.objective, hybrid_lambda=loss.hybrid_lambda, loss_mode=loss.mode,
+        topk=loss.topk, add_tail=loss.add_tail, alpha=loss.alpha, is_clip=loss.is_clip,
+        rollout_is_clip=loss.rollout_is_clip, aggregation=loss.aggregation,
+        temperature=cfg.rollout.temperature, clip_low=loss.clip_low, clip_high=loss.clip_high,
+        dual_clip=loss.dual_clip, adv_clip=loss.adv_clip, norm_adv_by_std=loss.norm_adv_by_std,
+        teacher_kind=teacher.kind, ema_rate=teacher.ema_rate, trust_region_mix=teacher.trust_region_mix,
+        vocab_chunk=loss.vocab_chunk, micro_batches=optim.micro_batches, minibatch_groups=mini,
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the loop needs, built once."""
+    cfg: Any
+    mesh: Any
+    tokenizer: Any
+    model_cfg: Any
+    env: Any
+    scorer: Any
+    settings: Any
+    eos_ids: tuple
+
+
+# -------------------------------------------------------------------------------------------- rollout
+
+
+def prompt_ids_for(run: Run, problems: list[dict]) -> tuple[list[list[dict]], list[list[int]]]:
+    messages = [run.env.build_prompt(p) for p in problems]
+    ids = [apply_chat_template(run.tokenizer, m, enable_thinking=run.cfg.tokenizer.enable_thinking)
+           for m in messages]
+    return messages, ids
+
+
+def completion_texts(tokenizer, tokens_nc: np.ndarray, lengths_n: np.ndarray) -> list[str]:
+    return [tokenizer.decode(list(row[:length]), skip_special_tokens=True)
+            for row, length in zip(tokens_nc, lengths_n)]
+
+
+def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: float, top_p: float,
+           top_k: int = 0) -> dict:
+    """Generate n completions per problem and score them; a group's rows are contiguous."""
+    cfg = run.cfg
+    messages, prompt_ids = prompt_ids_for(run, problems)
+    start = time.time()
+    out = sampling.generate(
+        run.model_cfg, params, prompt_ids, max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=temperature, top_p=top_p, top_k=top_k, eos_ids=run.eos_ids, n=n, rng=rng,
+        prompt_buckets=tuple(cfg.rollout.prompt_buckets), mesh=run.mesh,
+        cache_dtype=cfg.rollout.cache_dtype, pad_id=run.tokenizer.pad_token_id)
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    generate_s = time.time() - start
+    texts = completion_texts(run.tokenizer, tokens, lengths)
+    truncated = list(np.asarray(out.finish_reason) == LENGTH)
+    row_problems = [p for p in problems for _ in range(n)]
+    start = time.time()
+    scores, score_stats = run.scorer(row_problems, texts, truncated)
+    return dict(messages=[m for m in messages for _ in range(n)], prompt_ids=[p for p in prompt_ids for _ in range(n)],
+                tokens=tokens, lengths=lengths, logprobs=np.asarray(out.logprobs), texts=texts,
+                rewards=np.array([s.reward for s in scores], np.float32),
+                feedbacks=[s.feedback for s in scores], score_stats=score_stats,
+                time_generate=generate_s, time_score=time.time() - start,
+                decode_steps=int(out.num_decode_steps))
+
+
+def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.RolloutBatch, dict]:
+    """Host-side RolloutBatch: prompts / teacher prompts left-padded to buckets, completions trimmed."""
+    cfg, tok = run.cfg, run.tokenizer
+    pad = tok.pad_token_id
+    teacher = reprompt.build_teacher_prompts(
+        tok, rollout["messages"], rollout["texts"], rollout["rewards"], rollout["feedbacks"], list(group_ids),
+        success_threshold=cfg.reprompt.success_threshold,
+        dont_reprompt_on_self_success=cfg.reprompt.dont_reprompt_on_self_success,
+        remove_thinking=cfg.reprompt.remove_thinking, include_feedback=cfg.reprompt.include_feedback,
+        feedback_only_without_solution=cfg.reprompt.feedback_only_without_solution,
+        enable_thinking=cfg.tokenizer.enable_thinking, max_len=cfg.reprompt.max_len or 10**9)
+    prompt_ids, prompt_mask = sampling.pad_to_bucket(rollout["prompt_ids"], cfg.rollout.prompt_buckets, pad, side="left")
+    teacher_ids, teacher_mask = sampling.pad_to_bucket(teacher.ids, cfg.reprompt.teacher_prompt_buckets, pad, side="left")
+    lengths = rollout["lengths"]
+    width = sampling.pick_bucket(max(int(lengths.max()), 1), cfg.rollout.completion_buckets)
+    tokens = np.full((len(lengths), width), pad, np.int32)
+    take = min(width, rollout["tokens"].shape[1])
+    tokens[:, :take] = rollout["tokens"][:, :take]
+    completion_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int32)
+    sampler_logprobs = np.zeros((len(lengths), width), np.float32)
+    sampler_logprobs[:, :take] = rollout["logprobs"][:, :take]
+    advantages = np.asarray(ts.compute_grpo_advantages(
+        rollout["rewards"], group_ids, norm_by_std=cfg.loss.norm_adv_by_std), np.float32)
+    batch = ts.RolloutBatch(
+        prompt_ids=prompt_ids.astype(np.int32), prompt_mask=prompt_mask.astype(np.int32),
+        completion_ids=tokens, completion_mask=completion_mask,
+        teacher_prompt_ids=teacher_ids.astype(np.int32), teacher_prompt_mask=teacher_mask.astype(np.int32),
+        sd_mask=teacher.sd_mask.astype(np.float32), old_logprobs=np.zeros_like(sampler_logprobs),
+        sampler_logprobs=sampler_logprobs, rewards=rollout["rewards"], group_ids=group_ids.astype(np.int32),
+        advantages=advantages)
+    return batch, {**teacher.metrics, "reprompt_trimmed": teacher.num_trimmed}
+
+
+# ------------------------------------------------------------------------------------------ evaluate
+
+
+def evaluate(run: Run, params, rows: list[dict], rng) -> dict:
+    """avg@k (mean success over k samples per question: the pass@1 estimate) and pass@k."""
+    cfg = run.cfg
+    per_call = max(cfg.data.prompts_per_step, 1)
+    rewards = []
+    for start in range(0, len(rows), per_call):
+        chunk = rows[start:start + per_call]
+        rng, key = jax.random.split(rng)
+        out = sample(run, params, chunk, key, n=cfg.eval.n, temperature=cfg.eval.temperature,
+                     top_p=cfg.eval.top_p)
+        rewards.append(out["rewards"].reshape(len(chunk), cfg.eval.n))
+    success = np.concatenate(rewards) >= cfg.reprompt.success_threshold
+    return {"eval/accuracy": float(success.mean()), f"eval/pass@{cfg.eval.n}": float(success.any(1).mean()),
+            "eval/questions": len(success)}
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+class _StopFlag:
+    """Set by SIGTERM / SIGINT; every process agrees on the step to stop at (any process saw it)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        flags = multihost_utils.process_allgather(np.array([self.requested], np.int32))
+        return bool(np.asarray(flags).any())
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def load_rows(cfg) -> tuple[list[dict], list[dict]]:
+    """Training and evaluation problems. The synthetic task draws disjoint train / eval sets."""
+    if cfg.data.train == "synthetic":
+        level = cfg.data.synthetic_difficulty
+        train = data_lib.load_dataset("synthetic", n=cfg.data.synthetic_train_size, seed=cfg.seed, difficulty=level)
+        seen = {(p["digits"], tuple(p["ops"])) for p in train}
+        candidates = data_lib.load_dataset("synthetic", n=4 * cfg.data.eval_prompts, seed=cfg.seed + 10_000,
+                                           difficulty=level)
+        evals = [p for p in candidates if (p["digits"], tuple(p["ops"])) not in seen][:cfg.data.eval_prompts]
+        return train, evals
+    train = data_lib.load_dataset(cfg.data.train, skip_bad=cfg.data.skip_bad_rows)
+    evals = data_lib.load_dataset(cfg.data.eval, skip_bad=cfg.data.skip_bad_rows) if cfg.data.eval else []
+    return train, evals[:cfg.data.eval_prompts]
+
+
+def _warm_started_params(run: Run, params, train_rows: list[dict], log) -> Any:
+    """The demo's supervised warm start, made once and reused (RL runs and test-time SDPO share it)."""
+    from sdpo_jax import warm_start as ws
+
+    cfg = run.cfg
+    directory = cfg.checkpoint.warm_start_dir or os.path.join(cfg.run_dir, "warm_start")
+    if ckpt_lib.RunCheckpointer(directory, async_save=False).latest_step() is not None:
+        log0(f"warm start: reusing {directory}")
+        return ckpt_lib.restore_params(directory, params)[0]
+    log0(f"warm start: {cfg.warm_start.steps} supervised steps, saving to {directory}")
+    corrupt = getattr(run.env, "corrupt_answer", None) or _corrupt_digits
+    per_step = cfg.warm_start.batch_size
+
+    def examples_for_step(i):
+        rows = [train_rows[(i * per_step + k) % len(train_rows)] for k in range(per_step)]
+        return ws.build_examples(run.tokenizer, run.env, rows, feedback_fraction=cfg.warm_start.feedback_fraction,
+                                 corrupt=corrupt, seed=cfg.seed * 100_003 + i,
+                                 enable_thinking=cfg.tokenizer.enable_thinking)
+
+    params = jax.tree.map(jnp.copy, params)  # the SFT step donates its input
+    params, _ = ws.warm_start(run.model_cfg, params, examples_for_step, steps=cfg.warm_start.steps,
+                              lr=cfg.warm_start.lr, pad_id=run.tokenizer.pad_token_id,
+                              prompt_buckets=cfg.reprompt.teacher_prompt_buckets,
+                              answer_buckets=cfg.rollout.completion_buckets, log=log)
+    ckpt_lib.save_params(directory, params, {"warm_start_steps": cfg.warm_start.steps})
+    return params
+
+
+def _corrupt_digits(answer: str, rng) -> str:
+    """A plausible wrong attempt: one or two digits changed, or two swapped."""
+    chars = list(answer) or ["0"]
+    for _ in range(rng.randint(1, 2)):
+        i = rng.randrange(len(chars))
+        chars[i] = str((int(chars[i]) + rng.randint(1, 9)) % 10) if chars[i].isdigit() else "0"
+    return "".join(chars)
+
+
+def _host_scalar_metrics(tree) -> dict:
+    out = {}
+    for key, value in tree.items():
+        value = np.asarray(jax.device_get(value))
+        out[key] = float(value.mean()) if value.size else float("nan")
+    return out
+
+
+def run(cfg) -> int:
+    """Train with the config; returns a process exit code (0 also after a SIGTERM-requested stop)."""
+    is_main = jax.process_index() == 0
+    os.makedirs(cfg.run_dir, exist_ok=True)
+    mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor)
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    model_cfg, params = build_model(cfg, tokenizer, mesh)
+    env = envs_lib.get_env(cfg.env.name)
+    if hasattr(env, "check_ready"):
+        env.check_ready(unsafe=cfg.env.unsafe_allow_no_sandbox)
+    eos_ids = tuple(sorted({tokenizer.eos_token_id, *([model_cfg.eos_token_id] if isinstance(model_cfg.eos_token_id, int)
+                                                      else list(model_cfg.eos_token_id or ()))}))
+    scorer = envs_lib.base.Scorer(cfg.env.name, num_workers=cfg.env.num_workers or None,
+                                  timeout_s=cfg.env.timeout_s)
+    settings = step_settings(cfg)
+    run_ = Run(cfg, mesh, tokenizer, model_cfg, env, scorer.score, settings, eos_ids)
+    logger = MetricsLogger(cfg.run_dir, total_steps=cfg.train.steps, enabled=is_main,
+                           tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
+                           config=cfg.to_dict(), progress_bar=cfg.logging.progress_bar)
+    if is_main:
+        with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
+            f.write(cfg.to_json_best_effort(indent=2))
+    train_rows, eval_rows = load_rows(cfg)
+    log0(f"model: {model_cfg.model_type} L={model_cfg.num_layers} D={model_cfg.hidden_size} V={model_cfg.vocab_size} "
+         f"params={sum(x.size for x in jax.tree.leaves(params)):,}; mesh {dict(mesh.shape)}; "
+         f"{len(train_rows)} train / {len(eval_rows)} eval problems; env {cfg.env.name}")
+
+    if cfg.warm_start.steps:
+        params = _warm_started_params(run_, params, train_rows, logger.log)
+    optimizer = ts.make_optimizer(cfg.optim.lr, cfg.optim.warmup_steps, weight_decay=cfg.optim.weight_decay,
+                                  b1=cfg.optim.b1, b2=cfg.optim.b2, grad_clip=cfg.optim.grad_clip)
+    state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
+    per_host = cfg.data.prompts_per_step // jax.process_count()
+    data_iter = data_lib.make_train_iterator(train_rows, batch_size=per_host, seed=cfg.seed,
+                                             shard_index=jax.process_index(), shard_count=jax.process_count())
+    base_key = jax.random.key(cfg.seed)
+    checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, max_to_keep=cfg.checkpoint.max_to_keep,
+                                            async_save=cfg.checkpoint.async_save)
+    start_step, counters = 0, {"skipped_nonfinite_total": 0, "nonfinite_in_a_row": 0}
+    resume_dir = cfg.checkpoint.resume_from
+    if resume_dir or (cfg.checkpoint.resume and checkpointer.latest_step() is not None):
+        source = ckpt_lib.RunCheckpointer(resume_dir, async_save=False) if resume_dir else checkpointer
+        state, meta = source.restore(state)
+        start_step, counters = meta["step"], meta["counters"]
+        data_state = dict(meta["data_state"], shard_index=jax.process_index())
+        data_iter.set_state(data_state)
+        log0(f"resumed from {source.directory} at step {start_step}")
+
+    train_step = ts.make_train_step(model_cfg, settings, optimizer, mesh)
+    stop = _StopFlag()
+    exit_code, step = 0, start_step
+    try:
+        if cfg.eval.every and cfg.eval.at_start and start_step == 0 and eval_rows:
+            logger.log(0, {**evaluate(run_, state.params, eval_rows, jax.random.fold_in(base_key, -1)),
+                           "generations": 0})
+        for step in range(start_step, cfg.train.steps):
+            problems = next(data_iter)
+            key = jax.random.fold_in(base_key, step)
+            roll = sample(run_, state.params, problems, key, n=cfg.rollout.n, temperature=cfg.rollout.temperature,
+                          top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
+            group_ids = np.repeat(np.arange(len(problems)) + step * len(problems), cfg.rollout.n)
+            batch, reprompt_metrics = rollout_batch(run_, roll, group_ids)
+            start = time.time()
+            state, step_metrics = ts.update_on_generation_batch(
+                train_step, model_cfg, settings, state, batch, mesh=mesh, rng=jax.random.fold_in(key, 1))
+            metrics = _host_scalar_metrics(step_metrics)
+            time_update = time.time() - start
+            counters["skipped_nonfinite_total"] += int(metrics.get("skipped_nonfinite", 0) > 0)
+            counters["nonfinite_in_a_row"] = counters["nonfinite_in_a_row"] + 1 if metrics.get("skipped_nonfinite", 0) else 0
+            tokens = int(roll["lengths"].sum())
+            metrics.update(reprompt_metrics)
+            metrics.update(
+                reward=float(roll["rewards"].mean()), accuracy=float((roll["rewards"] >= cfg.reprompt.success_threshold).mean()),
+                response_length=float(roll["lengths"].mean()), generations=(step + 1) * len(roll["lengths"]),
+                time_generate=roll["time_generate"], time_score=roll["time_score"], time_update=time_update,
+                tokens_per_s_generate=tokens / max(roll["time_generate"], 1e-9), decode_steps=roll["decode_steps"],
+                env_errors=float(roll["score_stats"].get("errors", 0)), **counters)
+            if cfg.eval.every and eval_rows and (step + 1) % cfg.eval.every == 0:
+                metrics.update(evaluate(run_, state.params, eval_rows, jax.random.fold_in(base_key, -(step + 2))))
+            if (step + 1) % cfg.logging.every == 0 or step + 1 == cfg.train.steps or "eval/accuracy" in metrics:
+                logger.log(step + 1, metrics)
+            if counters["nonfinite_in_a_row"] >= cfg.train.max_nonfinite_in_a_row:
+                log0(f"error: {counters['nonfinite_in_a_row']} generation batches in a row had a non-finite loss or "
+                     f"gradient (limit train.max_nonfinite_in_a_row={cfg.train.max_nonfinite_in_a_row}); "
+                     "stopping. Lower optim.lr or check the data.")
+                exit_code = 3
+                break
+            stopping = stop.agreed()
+            if stopping or (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0):
+                _save(checkpointer, step + 1, state, data_iter, counters, cfg)
+            if stopping:
+                log0(f"stop requested: saved step {step + 1} in {checkpointer.directory}; exiting")
+                return 0
+        else:
+            step = cfg.train.steps - 1
+        _save(checkpointer, step + 1, state, data_iter, counters, cfg)
+        checkpointer.wait()
+        if cfg.checkpoint.export_hf_at_end and is_main and exit_code == 0:
+            models.save_pretrained(model_cfg, state.params, os.path.join(cfg.run_dir, "hf_export"))
+            tokenizer.save_pretrained(os.path.join(cfg.run_dir, "hf_export"))
+        if cfg.logging.plot and is_main:
+            _plot(cfg)
+    finally:
+        stop.restore()
+        checkpointer.close()
+        logger.close()
+        if hasattr(scorer, "close"):
+            scorer.close()
+    return exit_code
+
+
+def _save(checkpointer, step: int, state, data_iter, counters: dict, cfg) -> None:
+    if checkpointer.latest_step() == step:
+        return
+    meta = {"step": step, "counters": counters, "data_state": data_iter.get_state(), "config": cfg.to_dict()}
+    checkpointer.save(step, state, json_safe(meta), force=True)
+
+
+def json_safe(value):
+    import json
+
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _plot(cfg) -> None:
+    """Plot this run; overlay sibling runs (e.g. runs/demo and runs/demo_grpo) that share a parent."""
+    parent = os.path.dirname(os.path.abspath(cfg.run_dir))
+    runs = {}
+    for name in sorted(os.listdir(parent)):
+        path = os.path.join(parent, name, "metrics.jsonl")
+        if os.path.isfile(path) and (name == os.path.basename(cfg.run_dir) or name.startswith("demo")):
+            runs[name] = read_jsonl(path)
+    out = plot_curves(runs, os.path.join(cfg.run_dir, "curves.png"), title=f"sdpo_jax: {', '.join(runs)}")
+    log0(f"plot: {out}")
+
+
+def export_hf_from_run(cfg, out_dir: str) -> None:
+    """`--export_hf=DIR`: write the latest checkpoint of cfg.run_dir as a Hugging Face directory."""
+    mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor)
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    model_cfg, params = build_model(cfg, tokenizer, mesh)
+    settings = step_settings(cfg)
+    optimizer = ts.make_optimizer(cfg.optim.lr, cfg.optim.warmup_steps)
+    state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
+    checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, async_save=False)
+    state, meta = checkpointer.restore(state)
+    checkpointer.close()
+    if jax.process_index() == 0:
+        models.save_pretrained(model_cfg, state.params, out_dir)
+        tokenizer.save_pretrained(out_dir)
+        print(f"exported step {meta['step']} of {cfg.run_dir} to {out_dir}")
