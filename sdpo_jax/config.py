@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -44,7 +45,7 @@ def base_config() -> ConfigDict:
 
     # The model: a Hugging Face directory (`path`) or a random init from `init` (tests, the demo).
     c.model = ConfigDict()
-    c.model.path = None
+    c.model.path = placeholder(str)
     c.model.compute_dtype = "float32"
     c.model.param_dtype = "float32"
     c.model.attention_impl = "plain"
@@ -60,7 +61,7 @@ def base_config() -> ConfigDict:
     c.model.init.intermediate_size = 128
     c.model.init.tie_word_embeddings = True
     c.model.init.rope_theta = 10000.0
-    c.model.init.sliding_window = None
+    c.model.init.sliding_window = placeholder(int)
 
     c.tokenizer = ConfigDict()
     c.tokenizer.path = "demo"  # "demo" = the project's own offline BPE; else an HF directory
@@ -73,7 +74,7 @@ def base_config() -> ConfigDict:
 
     c.data = ConfigDict()
     c.data.train = "synthetic"  # a JSONL path, a built-in name, or "pkg.module:function"
-    c.data.eval = None
+    c.data.eval = placeholder(str)
     c.data.prompts_per_step = 8  # questions per generation batch (global)
     c.data.eval_prompts = 64
     c.data.skip_bad_rows = False
@@ -118,7 +119,7 @@ def base_config() -> ConfigDict:
     c.loss.clip_low = 0.2
     c.loss.clip_high = 0.28
     c.loss.dual_clip = 3.0
-    c.loss.adv_clip = None
+    c.loss.adv_clip = placeholder(float)
     c.loss.norm_adv_by_std = False
     c.loss.vocab_chunk = 8192
 
@@ -153,14 +154,14 @@ def base_config() -> ConfigDict:
     c.checkpoint.max_to_keep = 2
     c.checkpoint.async_save = True
     c.checkpoint.resume = True  # resume from run_dir when it holds a checkpoint
-    c.checkpoint.resume_from = None  # or an explicit checkpoint directory
-    c.checkpoint.warm_start_dir = None  # demo: where the warm-started model lives
+    c.checkpoint.resume_from = placeholder(str)  # or an explicit checkpoint directory
+    c.checkpoint.warm_start_dir = placeholder(str)  # demo: where the warm-started model lives
     c.checkpoint.export_hf_at_end = True
 
     c.logging = ConfigDict()
     c.logging.every = 1
     c.logging.tensorboard = True
-    c.logging.wandb_project = None
+    c.logging.wandb_project = placeholder(str)
     c.logging.plot = True
     c.logging.progress_bar = True
 
