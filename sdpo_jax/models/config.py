@@ -1,0 +1,327 @@
+"""`ModelConfig`: the static description of one decoder, and its translation from/to HF `config.json`.
+
+One config covers the supported families; the family only decides defaults in `config_from_hf`:
+
+| family      | qkv bias | q/k norm               | norms        | sliding layers        |
+|-------------|----------|------------------------|--------------|-----------------------|
+| qwen2       | yes      | none                   | pre          | optional (layer_types)|
+| qwen3       | optional | per_head ([H] weight)  | pre          | optional              |
+| llama       | optional | none                   | pre          | no                    |
+| olmo2       | optional | full ([N*H] weight)    | post         | no                    |
+| olmo3       | optional | full                   | post         | 3 of 4 (layer_types)  |
+
+RoPE: `rope_theta` + `rope_scaling` apply to full-attention layers; sliding layers use
+`sliding_rope_theta` / `sliding_rope_scaling` (OLMo 3 scales only its full layers; for the other
+families `config_from_hf` copies the global rope onto both). `rope_scaling` is a sorted tuple of
+(key, value) pairs so the config stays hashable (static under `jax.jit`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama", "olmo2", "olmo3")
+ATTENTION_IMPLS = ("plain", "blockwise", "cudnn", "splash")
+DTYPES = ("float32", "bfloat16", "float16")
+ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+_ARCHITECTURES = {
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "llama": "LlamaForCausalLM",
+    "olmo2": "Olmo2ForCausalLM",
+    "olmo3": "Olmo3ForCausalLM",
+}
+
+
+class ModelConfigError(ValueError):
+    """A model config field is unsupported or inconsistent; the message names it and what works."""
+
+
+def _freeze(value: Any) -> Any:
+    """Dicts -> sorted tuples of pairs, lists -> tuples (recursively), so the config is hashable."""
+    if isinstance(value, dict):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def rope_dict(rope_scaling: tuple | None) -> dict:
+    """The frozen `rope_scaling` pairs back as a dict ({} when None)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in (rope_scaling or ())}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static shape and numerics of one decoder-only transformer (hashable: a `jit` static arg)."""
+
+    model_type: str = "qwen3"
+    vocab_size: int = 512
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 16
+    intermediate_size: int = 128
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: tuple | None = None
+    sliding_rope_theta: float | None = None  # None: same as rope_theta
+    sliding_rope_scaling: tuple | None = None  # None: plain (unscaled) RoPE on sliding layers
+    max_position_embeddings: int = 32768
+    qkv_bias: bool = False
+    qk_norm: str = "none"  # none | per_head (Qwen3) | full (OLMo 2/3)
+    norm_placement: str = "pre"  # pre | post (OLMo 2/3: norm after attention / MLP output)
+    sliding_window: int | None = None
+    layer_types: tuple = ()  # per layer "full_attention" | "sliding_attention"; () = all full
+    tie_word_embeddings: bool = True
+    param_dtype: str = "float32"
+    compute_dtype: str = "float32"
+    attention_impl: str = "plain"  # plain | blockwise | cudnn (GPU) | splash (TPU)
+    attention_block_size: int = 512
+    remat: bool = False
+    scan_layers: bool = False
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple | None = None
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("rope_scaling", _freeze(self.rope_scaling) if self.rope_scaling else None)
+        set_("sliding_rope_scaling",
+             _freeze(self.sliding_rope_scaling) if self.sliding_rope_scaling else None)
+        set_("layer_types", tuple(self.layer_types) or ("full_attention",) * self.num_layers)
+        if isinstance(self.eos_token_id, list):
+            set_("eos_token_id", tuple(self.eos_token_id))
+        self._validate()
+
+    def _validate(self):
+        def bad(field, got, want):
+            raise ModelConfigError(f"ModelConfig.{field}={got!r} is not supported; use {want}.")
+
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            bad("model_type", self.model_type, f"one of {SUPPORTED_MODEL_TYPES}")
+        if self.qk_norm not in ("none", "per_head", "full"):
+            bad("qk_norm", self.qk_norm, "'none', 'per_head' or 'full'")
+        if self.norm_placement not in ("pre", "post"):
+            bad("norm_placement", self.norm_placement, "'pre' or 'post'")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            bad("attention_impl", self.attention_impl, f"one of {ATTENTION_IMPLS}")
+        for field in ("param_dtype", "compute_dtype"):
+            if getattr(self, field) not in DTYPES:
+                bad(field, getattr(self, field), f"one of {DTYPES}")
+        for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                      "head_dim", "intermediate_size", "attention_block_size"):
+            if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+                bad(field, getattr(self, field), "a positive integer")
+        if self.num_heads % self.num_kv_heads:
+            bad("num_kv_heads", self.num_kv_heads,
+                f"a divisor of num_heads={self.num_heads} (grouped-query attention)")
+        if self.head_dim % 2:
+            bad("head_dim", self.head_dim, "an even number (RoPE rotates pairs)")
+        if len(self.layer_types) != self.num_layers:
+            bad("layer_types", self.layer_types, f"a tuple of num_layers={self.num_layers} entries")
+        for t in self.layer_types:
+            if t not in ("full_attention", "sliding_attention"):
+                bad("layer_types", t, "'full_attention' or 'sliding_attention' per layer")
+        if "sliding_attention" in self.layer_types and not self.sliding_window:
+            bad("sliding_window", self.sliding_window,
+                "a positive int when layer_types has 'sliding_attention'")
+        for field in ("rope_scaling", "sliding_rope_scaling"):
+            rope_type = rope_dict(getattr(self, field)).get("rope_type", "default")
+            if rope_type not in ROPE_TYPES:
+                bad(f"{field}['rope_type']", rope_type, f"one of {ROPE_TYPES}")
+
+    def replace(self, **changes) -> "ModelConfig":
+        """A copy with `changes` applied (and validated). Changing `num_layers` alone keeps a
+        uniform `layer_types` uniform."""
+        if ("num_layers" in changes and "layer_types" not in changes
+                and len(set(self.layer_types)) == 1):
+            changes["layer_types"] = self.layer_types[:1] * changes["num_layers"]
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def sliding_layers(self) -> tuple[bool, ...]:
+        return tuple(t == "sliding_attention" for t in self.layer_types)
+
+    @property
+    def num_params(self) -> int:
+        d, f, n, k, h, v, layers = (self.hidden_size, self.intermediate_size, self.num_heads,
+                                    self.num_kv_heads, self.head_dim, self.vocab_size,
+                                    self.num_layers)
+        per_layer = d * h * (2 * n + 2 * k) + 3 * d * f
+        return layers * per_layer + v * d * (1 if self.tie_word_embeddings else 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Hugging Face config.json <-> ModelConfig
+
+
+def _rope_from_hf(hf: dict, layer_type: str) -> tuple[float, dict | None]:
+    """(theta, scaling dict or None) for one layer type, from v4 (`rope_theta`/`rope_scaling`)
+    or v5 (`rope_parameters`, possibly nested per layer type) config dicts."""
+    params = hf.get("rope_parameters")
+    if isinstance(params, dict) and layer_type in params:
+        params = params[layer_type]
+    elif isinstance(params, dict) and ("full_attention" in params or "sliding_attention" in params):
+        params = params.get("full_attention")
+    scaling = None
+    if isinstance(params, dict) and params:
+        theta = params.get("rope_theta", hf.get("rope_theta"))
+        scaling = {k: v for k, v in params.items() if k not in ("rope_theta",)}
+    else:
+        theta = hf.get("rope_theta")
+        scaling = dict(hf["rope_scaling"]) if hf.get("rope_scaling") else None
+        if hf.get("model_type") == "olmo3" and layer_type == "sliding_attention":
+            scaling = None  # OLMo 3 applies rope_scaling to full-attention layers only
+    if theta is None:
+        theta = 500000.0 if hf.get("model_type") == "olmo3" else 10000.0
+    if scaling is not None:
+        if "type" in scaling and "rope_type" not in scaling:
+            scaling["rope_type"] = scaling.pop("type")
+        scaling.setdefault("rope_type", "default")
+        if scaling["rope_type"] == "default" and len(scaling) == 1:
+            scaling = None
+        elif scaling["rope_type"] in ("llama3", "yarn"):
+            scaling.setdefault("original_max_position_embeddings",
+                               hf.get("original_max_position_embeddings",
+                                      hf.get("max_position_embeddings")))
+        if scaling is not None and scaling.get("rope_type") not in ROPE_TYPES:
+            raise ModelConfigError(
+                f"config.json rope type {scaling.get('rope_type')!r} (rope_scaling / "
+                f"rope_parameters) is not supported; supported: {ROPE_TYPES}.")
+        if scaling is not None and scaling.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ModelConfigError("config.json partial_rotary_factor != 1 is not supported.")
+    return float(theta), scaling
+
+
+def config_from_hf(hf: dict, **overrides) -> ModelConfig:
+    """A `ModelConfig` from a Hugging Face `config.json` dict (v4 or v5 layout).
+
+    `overrides` set runtime fields (param_dtype, compute_dtype, attention_impl, scan_layers, ...).
+    """
+    model_type = hf.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        archs = hf.get("architectures")
+        raise ModelConfigError(
+            f"config.json model_type={model_type!r} (architectures={archs}) is not supported; "
+            f"supported model_type values: {SUPPORTED_MODEL_TYPES} "
+            f"(architectures {sorted(_ARCHITECTURES.values())}).")
+    archs = hf.get("architectures") or [_ARCHITECTURES[model_type]]
+    if archs[0] != _ARCHITECTURES[model_type]:
+        raise ModelConfigError(
+            f"config.json architectures={archs} is not supported for model_type={model_type!r}; "
+            f"expected [{_ARCHITECTURES[model_type]!r}] (a causal LM head).")
+    act = hf.get("hidden_act", "silu")
+    if act != "silu":
+        raise ModelConfigError(f"config.json hidden_act={act!r} is not supported; use 'silu'.")
+    if hf.get("mlp_bias"):
+        raise ModelConfigError("config.json mlp_bias=true is not supported; use false.")
+
+    def need(key):
+        if key not in hf:
+            raise ModelConfigError(f"config.json is missing required field {key!r}.")
+        return hf[key]
+
+    num_layers = int(need("num_hidden_layers"))
+    num_heads = int(need("num_attention_heads"))
+    hidden = int(need("hidden_size"))
+    head_dim = hf.get("head_dim") or hidden // num_heads
+    num_kv = hf.get("num_key_value_heads") or num_heads
+
+    layer_types = hf.get("layer_types")
+    sliding_window = hf.get("sliding_window")
+    if model_type in ("qwen2", "qwen3") and not layer_types:
+        use_sw = hf.get("use_sliding_window", False) and sliding_window
+        mwl = hf.get("max_window_layers", num_layers)
+        layer_types = ["sliding_attention" if use_sw and i >= mwl else "full_attention"
+                       for i in range(num_layers)]
+    if model_type == "olmo3" and not layer_types:
+        layer_types = ["sliding_attention" if (i + 1) % 4 else "full_attention"
+                       for i in range(num_layers)]
+    if model_type in ("llama", "olmo2"):
+        layer_types, sliding_window = None, None
+    layer_types = tuple(layer_types or ("full_attention",) * num_layers)
+    if "sliding_attention" not in layer_types:
+        sliding_window = None
+
+    theta, scaling = _rope_from_hf(hf, "full_attention")
+    s_theta, s_scaling = _rope_from_hf(hf, "sliding_attention")
+
+    fields = dict(
+        model_type=model_type,
+        vocab_size=int(need("vocab_size")),
+        hidden_size=hidden,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=int(num_kv),
+        head_dim=int(head_dim),
+        intermediate_size=int(need("intermediate_size")),
+        rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        sliding_rope_theta=s_theta,
+        sliding_rope_scaling=s_scaling,
+        max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
+        qkv_bias=True if model_type == "qwen2" else bool(hf.get("attention_bias", False)),
+        qk_norm={"qwen3": "per_head", "olmo2": "full", "olmo3": "full"}.get(model_type, "none"),
+        norm_placement="post" if model_type in ("olmo2", "olmo3") else "pre",
+        sliding_window=int(sliding_window) if sliding_window else None,
+        layer_types=layer_types,
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        pad_token_id=hf.get("pad_token_id"),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=hf.get("eos_token_id"),
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """The `config.json` dict (transformers v4 field names, which v5 also reads) for `cfg`."""
+    hf = {
+        "architectures": [_ARCHITECTURES[cfg.model_type]],
+        "model_type": cfg.model_type,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "attention_bias": cfg.qkv_bias,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "pad_token_id": cfg.pad_token_id,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple)
+        else cfg.eos_token_id,
+        "torch_dtype": cfg.param_dtype,
+    }
+    full = {"rope_type": "default", "rope_theta": cfg.rope_theta, **rope_dict(cfg.rope_scaling)}
+    if cfg.model_type == "olmo3":
+        sliding = {"rope_type": "default",
+                   "rope_theta": cfg.sliding_rope_theta or cfg.rope_theta,
+                   **rope_dict(cfg.sliding_rope_scaling)}
+        hf["rope_parameters"] = {"full_attention": full, "sliding_attention": sliding}
+    else:
+        hf["rope_parameters"] = full
+    if cfg.model_type in ("qwen2", "qwen3", "olmo3"):
+        hf["layer_types"] = list(cfg.layer_types)
+        hf["sliding_window"] = cfg.sliding_window
+        if cfg.model_type != "olmo3":
+            hf["use_sliding_window"] = cfg.sliding_window is not None
+            first_sliding = [i for i, s in enumerate(cfg.sliding_layers) if s]
+            hf["max_window_layers"] = first_sliding[0] if first_sliding else cfg.num_layers
+    if cfg.model_type == "qwen2" and not cfg.qkv_bias:
+        raise ModelConfigError("qwen2 always has q/k/v biases; export with qkv_bias=True.")
+    if cfg.model_type == "qwen3" and cfg.qk_norm != "per_head" or (
+            cfg.model_type in ("olmo2", "olmo3") and cfg.qk_norm != "full"):
+        raise ModelConfigError(f"model_type={cfg.model_type!r} cannot export qk_norm={cfg.qk_norm!r}.")
+    return hf
