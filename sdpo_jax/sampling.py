@@ -230,8 +230,9 @@ def _decode(cfg, params, state, stop_ids_e, pad_id, rng, *, spec):
         }
 
     final = jax.lax.while_loop(keep_going, one_token, state)
-    finish_r = jnp.where(final["done"], FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
-    return final["tokens"], final["logprobs"], final["lengths"], finish_r, final["step"] - 1
+    # The whole final state is returned so every donated buffer (the cache above all) aliases an
+    # output: the loop then updates it in place with no copy. The caller drops the cache.
+    return final, jnp.where(final["done"], FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------- the public entry
@@ -310,9 +311,11 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     state = _prefill(cfg, params, ids_bp, mask_bp, stop_ids_e, pad, key, spec=spec, n=int(n),
                      max_new_tokens=int(max_new_tokens), cache_dtype=_resolve_dtype(cfg, cache_dtype),
                      mesh=mesh)
-    tokens, logprobs, lengths, finish, steps = _decode(cfg, params, state, stop_ids_e, pad, key,
-                                                       spec=spec)
+    final, finish = _decode(cfg, params, state, stop_ids_e, pad, key, spec=spec)
+    del final["cache"]
     keep = num_prompts * n
-    return GenerateOutput(tokens=np.asarray(tokens)[:keep], logprobs=np.asarray(logprobs)[:keep],
-                          lengths=np.asarray(lengths)[:keep], finish_reason=np.asarray(finish)[:keep],
-                          num_decode_steps=int(steps))
+    return GenerateOutput(tokens=np.asarray(final["tokens"])[:keep],
+                          logprobs=np.asarray(final["logprobs"])[:keep],
+                          lengths=np.asarray(final["lengths"])[:keep],
+                          finish_reason=np.asarray(finish)[:keep],
+                          num_decode_steps=int(final["step"]) - 1)
