@@ -39,9 +39,10 @@ def tiny_hf_config(family: str, *, tied: bool = False, **overrides):
         kw.update(rope_theta=500000.0)
     elif family == "olmo3":
         cls = tf.Olmo3Config
-        kw.update(num_hidden_layers=4, sliding_window=8, rope_theta=500000.0,
-                  layer_types=["sliding_attention", "full_attention", "sliding_attention",
-                               "full_attention"])
+        layers = overrides.get("num_hidden_layers", kw["num_hidden_layers"])
+        kw.update(sliding_window=8, rope_theta=500000.0,
+                  layer_types=["full_attention" if i % 2 else "sliding_attention"
+                               for i in range(layers)])
     else:
         raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
     kw.update(overrides)
