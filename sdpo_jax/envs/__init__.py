@@ -5,6 +5,6 @@ mcq (SciKnowEval <answer>X</answer>), tooluse (ToolAlpaca actions), synthetic (t
 `get_env(name_or_import_path)` finds one; `Scorer` / `score_batch` score many in parallel.
 """
 
-from sdpo_jax.envs.base import BUILTIN_ENVS, Score, get_env
+from sdpo_jax.envs.base import BUILTIN_ENVS, Score, Scorer, close_all, get_env, score_batch
 
-__all__ = ["BUILTIN_ENVS", "Score", "get_env"]
+__all__ = ["BUILTIN_ENVS", "Score", "Scorer", "close_all", "get_env", "score_batch"]
