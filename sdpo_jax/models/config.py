@@ -70,9 +70,10 @@ class ModelConfig:
     sliding_rope_theta: float | None = None  # None: same as rope_theta
     sliding_rope_scaling: tuple | None = None  # None: plain (unscaled) RoPE on sliding layers
     max_position_embeddings: int = 32768
-    qkv_bias: bool = False
-    qk_norm: str = "none"  # none | per_head (Qwen3) | full (OLMo 2/3)
-    norm_placement: str = "pre"  # pre | post (OLMo 2/3: norm after attention / MLP output)
+    # None = the family's value (qwen2: bias; qwen3: per_head; olmo2/3: full + post)
+    qkv_bias: bool | None = None
+    qk_norm: str | None = None  # none | per_head (Qwen3) | full (OLMo 2/3)
+    norm_placement: str | None = None  # pre | post (OLMo 2/3: norm after attention / MLP output)
     sliding_window: int | None = None
     layer_types: tuple = ()  # per layer "full_attention" | "sliding_attention"; () = all full
     tie_word_embeddings: bool = True
@@ -88,6 +89,13 @@ class ModelConfig:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        olmo = self.model_type in ("olmo2", "olmo3")
+        if self.qkv_bias is None:
+            set_("qkv_bias", self.model_type == "qwen2")
+        if self.qk_norm is None:
+            set_("qk_norm", "per_head" if self.model_type == "qwen3" else "full" if olmo else "none")
+        if self.norm_placement is None:
+            set_("norm_placement", "post" if olmo else "pre")
         set_("rope_scaling", _freeze(self.rope_scaling) if self.rope_scaling else None)
         set_("sliding_rope_scaling",
              _freeze(self.sliding_rope_scaling) if self.sliding_rope_scaling else None)
