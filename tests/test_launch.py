@@ -11,6 +11,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -315,3 +316,29 @@ def test_gpu_recipe_names_every_variable_sharding_reads():
     assert {"JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"} <= names
     doc = open(os.path.join(ROOT, "launch", "gpu_multinode.md")).read()
     assert not [n for n in sorted(names) if f"`{n}" not in doc]
+
+
+def test_gpu_recipe_env_joins_two_processes():
+    """The recipe's three variables (coordinator, count, id) make two local CPU processes join one
+    jax.distributed system through sharding.maybe_initialize_distributed: 2 processes, ids 0 and 1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    probe = ("import jax; from sdpo_jax import sharding; "
+             "print(sharding.maybe_initialize_distributed(), jax.process_index(), jax.process_count())")
+    procs = []
+    for process_id in (0, 1):
+        env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="",
+                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                   JAX_PROCESS_ID=str(process_id))
+        procs.append(subprocess.Popen([sys.executable, "-c", probe], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert sorted(out.split() for out, _ in outs) == [["True", "0", "2"], ["True", "1", "2"]]
