@@ -345,6 +345,15 @@ def make_eval_batches(rows: list[Row], batch_size: int, shard_index: int = 0,
 # ----------------------------------------------------------------------------- converters
 
 
+def code_train_split(rows: list[Row], *, seed: int = 0, fraction: float = 0.5) -> list[Row]:
+    """The paper's split for code: training keeps a seeded `fraction` of each problem's tests (at
+    least one); evaluate on the unsplit rows (all tests). Problems stay the same."""
+    split = _converter("split_tests_for_training")
+    if split is None:
+        raise DataError("code_train_split needs sdpo_jax.envs.code.split_tests_for_training")
+    return [split(r, seed, fraction) for r in rows]
+
+
 _CONVERTERS = {
     "from_humaneval": ("sdpo_jax.envs.code",),
     "from_livecodebench": ("sdpo_jax.envs.code",),

@@ -180,3 +180,23 @@ def test_synthetic_dataset_and_env_validation(tmp_path):
         data.load_dataset(path, env="synthetic")
     assert len(data.load_dataset(path)) == 3  # no env: no environment check
     assert len(data.load_dataset(path, env="synthetic", skip_bad=True)) == 2
+
+
+def test_livecodebench_rows_split_and_no_tests_rejected():
+    """code_generation_lite rows (compressed private tests) load through the converter; a problem
+    without tests is rejected at load time naming file:line; the training split keeps a seeded
+    half of each problem's tests (>= 1, deterministic), evaluation keeps all."""
+    path = os.path.join(FIXTURES, "lcb_lite.jsonl")
+    with pytest.raises(data.DataError, match=r"lcb_lite\.jsonl:3: .*no tests"):
+        data.load_dataset(path, schema_check=data.from_livecodebench, env="code")
+    rows = data.load_dataset(path, schema_check=data.from_livecodebench, env="code",
+                             skip_bad=True)
+    assert [r["id"] for r in rows] == ["lcb-stdin-1", "lcb-fn-2"]
+    assert [len(r["tests"]["inputs"]) for r in rows] == [6, 4]
+    train = data.code_train_split(rows, seed=0)
+    assert [len(r["tests"]["inputs"]) for r in train] == [3, 2]
+    assert train == data.code_train_split(rows, seed=0)
+    for full, half in zip(rows, train):
+        pairs = list(zip(full["tests"]["inputs"], full["tests"]["outputs"]))
+        assert all(p in pairs for p in zip(half["tests"]["inputs"], half["tests"]["outputs"]))
+    assert [len(r["tests"]["inputs"]) for r in rows] == [6, 4]  # the eval rows are untouched
