@@ -99,3 +99,13 @@ def test_check_ready_refuses_at_construction():
     from sdpo_jax.envs import sandbox
     with pytest.raises(sandbox.SandboxUnavailable):
         Scorer("code", num_workers=1, env_options={"isolation": "none"})
+
+
+def test_env_options_are_checked():
+    """Unknown options fail at construction naming the accepted ones; `unsafe` is dropped for
+    envs that run no code."""
+    with pytest.raises(ValueError, match="no option colour.*bonus"):
+        Scorer(ENV, num_workers=1, env_options={"colour": 1})
+    s = Scorer(ENV, num_workers=1, env_options={"unsafe": True, "bonus": 1.0})
+    assert s.env_options == {"bonus": 1.0}
+    s.close()

@@ -101,3 +101,12 @@ def test_envs_found_by_name():
         assert get_env(name) is mod
     with pytest.raises(ValueError, match="not a built-in environment"):
         get_env("no_such_env_xyz")
+
+
+def test_math_scores_in_the_pool():
+    """math-verify (signal.alarm timeouts) runs in the scorer's worker processes."""
+    from sdpo_jax.envs import Scorer
+    p = {"id": "m", "question": "q", "answer": "\\frac{1}{2}"}
+    with Scorer("math", num_workers=1, env_options={"unsafe": False}) as s:
+        scores, stats = s.score([p, p], ["\\boxed{0.5}", "\\boxed{2}"])
+    assert [x.reward for x in scores] == [1.0, 0.0] and stats["errors"] == 0

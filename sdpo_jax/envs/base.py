@@ -178,6 +178,25 @@ class _Worker:
                 pass
 
 
+def _accepted_options(env, env_name: str, options: dict | None) -> dict:
+    """The options `env.score` takes.  `unsafe` (the config's env.unsafe_allow_no_sandbox) is
+    dropped for environments that run no code; any other unknown option is an error."""
+    import inspect
+    options = dict(options or {})
+    params = inspect.signature(env.score).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return options
+    if "unsafe" not in params:
+        options.pop("unsafe", None)
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        known = sorted(k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+                       and k != "truncated")
+        raise ValueError(f"env {env_name!r}: score() takes no option {', '.join(unknown)}; "
+                         f"it takes {', '.join(known) or 'none'}")
+    return options
+
+
 class Scorer:
     """Scores completions in parallel with `env.score`, in worker processes kept alive between
     calls.  Use as a context manager or call `close()`.
@@ -195,7 +214,7 @@ class Scorer:
         if not isinstance(env_name, str):
             raise TypeError("Scorer needs the env as a name or import path (workers import it)")
         env = get_env(env_name)
-        self.env_name, self.env_options = env_name, dict(env_options or {})
+        self.env_name, self.env_options = env_name, _accepted_options(env, env_name, env_options)
         json.dumps(self.env_options)  # must cross to the workers as JSON
         if callable(getattr(env, "check_ready", None)):
             env.check_ready(**self.env_options)

@@ -132,9 +132,15 @@ def check_ready(*, unsafe: bool = False, isolation: str | None = None, **_) -> s
 
 def score(problem: dict, completion: str, *, truncated: bool = False, unsafe: bool = False,
           isolation: str | None = None, time_limit_s: float | None = None,
-          total_time_s: float = 60.0, limits: dict | None = None,
+          total_time_s: float = 20.0, limits: dict | None = None,
           site_packages: bool = True) -> Score:
-    """Run the extracted code against `problem["tests"]` in the sandbox (see module docstring)."""
+    """Run the extracted code against `problem["tests"]` in the sandbox (see module docstring).
+
+    Options (the scorer's `env_options`): `unsafe` (run even with no isolation), `isolation` (force
+    a sandbox kind), `time_limit_s` (override the problem's per-test limit), `total_time_s` (stop
+    starting tests after this long; keep it under the scorer's per-item timeout), `limits`
+    (sandbox.DEFAULT_LIMITS overrides), `site_packages` (numpy etc. importable, read-only).
+    """
     description = check_ready(unsafe=unsafe, isolation=isolation)
     info = {"truncated": bool(truncated), "isolation": description}
     code = extract_code(completion)

@@ -117,11 +117,14 @@ def _site_packages() -> list:
     return sorted(p for p in paths if os.path.isdir(p))
 
 
+_PRCTL = None
+
+
 def _die_with_parent() -> None:
-    """The launcher goes when the worker that started it goes (PR_SET_PDEATHSIG = SIGKILL); with
-    unshare --kill-child the whole sandbox follows."""
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)
+    """preexec_fn: the launcher goes when the worker that started it goes (PR_SET_PDEATHSIG =
+    SIGKILL); with unshare --kill-child the whole sandbox follows.  prctl is resolved in the parent
+    (`run_job`), so the forked child only makes the call."""
+    _PRCTL(1, int(signal.SIGKILL), 0, 0, 0)
 
 
 def run_job(job: dict, *, isolation: str | None = None, timeout_s: float | None = None,
@@ -151,6 +154,10 @@ def run_job(job: dict, *, isolation: str | None = None, timeout_s: float | None 
         n = max(1, len(job.get("tests") or [None]))
         per = float(job.get("time_limit_s", 6.0)) + 1.0
         timeout_s = min(float(job.get("total_time_s", n * per)), n * per) + 10.0
+    global _PRCTL
+    if _PRCTL is None:
+        import ctypes
+        _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
     proc = subprocess.Popen(_launcher_cmd(kind), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True, cwd="/",
                             env={"PATH": SCRUBBED_ENV["PATH"], "LANG": "C.UTF-8"},
