@@ -203,3 +203,23 @@ def test_livecodebench_rows_split_and_no_tests_rejected():
         pairs = list(zip(full["tests"]["inputs"], full["tests"]["outputs"]))
         assert all(p in pairs for p in zip(half["tests"]["inputs"], half["tests"]["outputs"]))
     assert [len(r["tests"]["inputs"]) for r in rows] == [6, 4]  # the eval rows are untouched
+
+
+def test_converters_reexported_and_used_as_schema_check():
+    """sdpo_jax.data.from_* are the environments' converters; a GSM8K JSONL file loads through
+    from_math (answers after ####, commas dropped) and its row without an answer is reported with
+    file:line."""
+    from sdpo_jax.envs import code, math, mcq, tooluse
+
+    assert data.from_humaneval is code.from_humaneval
+    assert data.from_livecodebench is code.from_livecodebench
+    assert data.from_sciknoweval is mcq.from_sciknoweval
+    assert data.from_toolalpaca is tooluse.from_toolalpaca
+    assert data.from_math is math.from_math
+    with pytest.raises(AttributeError, match="no attribute 'from_nothing'"):
+        data.from_nothing
+    path = os.path.join(FIXTURES, "gsm8k_mini.jsonl")
+    with pytest.raises(data.DataError, match=r"gsm8k_mini\.jsonl:3: "):
+        data.load_jsonl(path, schema_check=data.from_math)
+    rows, skipped = data.load_jsonl(path, schema_check=data.from_math, skip_bad=True)
+    assert skipped == 1 and [r["answer"] for r in rows] == ["7", "1000"]
