@@ -196,3 +196,19 @@ def test_bad_model_config_fields():
         ModelConfig(num_layers=1, layer_types=("sliding_attention",))
     with pytest.raises(ModelConfigError, match=r"attention_impl='flash'"):
         ModelConfig(attention_impl="flash")
+
+
+def test_check_hf_tool_passes_on_a_matching_checkpoint(tmp_path, capsys):
+    """`python -m sdpo_jax.tools.check_hf` encodes chat prompts with the directory's tokenizer,
+    compares our logits with transformers' and exits 0 with PASS when they agree (tiny OLMo 3 +
+    the demo tokenizer); a wrong --atol makes it exit 1 with FAIL."""
+    from sdpo_jax.tokenizer import build_demo_tokenizer
+    from sdpo_jax.tools import check_hf
+
+    path = tiny_model_dir(tmp_path, "olmo3", vocab_size=512)
+    build_demo_tokenizer(path)
+    assert check_hf.main(["--model_dir", path, "--device", "cpu", "--enable_thinking"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and out.count("argmax agree 100.0%") == 3 and "random" not in out
+    assert check_hf.main(["--model_dir", path, "--device", "cpu", "--atol", "0"]) == 1
+    assert "FAIL" in capsys.readouterr().out

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The one prepared script for an accelerator machine (GPU here; runs unchanged on a TPU VM, where
+# the cuDNN line is skipped). Each issue appends its benchmark below; the whole script must finish
+# within 8 minutes. Usage: bash bench/gpu.sh   (PYTHON=... to pick the interpreter; results are
+# also written to $OUT or /tmp/bench_out).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+RESULTS=${OUT:-/tmp/bench_out}
+mkdir -p "$RESULTS"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || true
+$PY -c "import jax, sys; print('python', sys.version.split()[0], 'jax', jax.__version__, jax.devices())"
+platform=$($PY -c "import jax; print(jax.devices()[0].platform)")
+
+# --- issue 2: model forward, Qwen3-0.6B-shaped, random bf16 weights -----------------------------
+if [ "$platform" = "gpu" ]; then fused=cudnn; else fused=splash; fi
+# fused attention, 8 x 2048, against transformers (PyTorch sdpa) on the same weights
+timeout 240 $PY bench/forward.py --size qwen3-0.6b --batch 8 --seq 2048 --attention "$fused" \
+  --scan --iters 10 2>&1 | tee "$RESULTS/forward_fused.txt"
+# the XLA blockwise kernel at a teacher-length sequence (no peer)
+timeout 150 $PY bench/forward.py --size qwen3-0.6b --batch 1 --seq 16384 --attention blockwise \
+  --block 1024 --scan --iters 5 --no_peer 2>&1 | tee "$RESULTS/forward_blockwise_16k.txt"

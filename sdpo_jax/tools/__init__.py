@@ -1,0 +1,1 @@
+"""Command-line tools (`python -m sdpo_jax.tools.<name>`)."""
