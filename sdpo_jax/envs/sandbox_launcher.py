@@ -9,12 +9,10 @@ import ctypes
 import json
 import math
 import os
+import resource
 import select
-import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -110,6 +108,7 @@ def _setup_namespace_root(sb):
 
 def _setup_plain(sb):
     """setuid / none: a private temporary directory on the host."""
+    import tempfile
     base = tempfile.mkdtemp(prefix="sdpo-sandbox-")
     os.chmod(base, 0o711)
     runner = os.path.join(base, "sandbox_runner.py")
@@ -125,7 +124,6 @@ def _setup_plain(sb):
 
 def drop_privileges(sb, uid, cpu_s):
     """preexec_fn of every sandboxed process (runs in the forked child, before exec)."""
-    import resource
     lim, kind = sb["limits"], sb["kind"]
     os.setsid()
     mem = int(lim["memory_mb"]) * 1024 * 1024
@@ -191,13 +189,39 @@ class _Launcher:
         self.uid = self.sb["uid"]
 
     # -- processes --
-    def spawn(self, role, fds, *, stdin, cpu_s, judge=False):
+    def spawn(self, role, fds, *, stdin=None, cpu_s, judge=False):
+        """fork + exec `python -I -S runner role fds...` as the sandbox uid, with `fds` kept,
+        `stdin` (an fd, or /dev/null) as fd 0 and fresh pipes as fds 1 and 2."""
         uid = self.uid + 1 if judge else self.uid
         argv = [self.sb["python"], "-I", "-S", self.runner, role, *map(str, fds)]
-        return subprocess.Popen(
-            argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds,
-            cwd="/" if judge else self.work, env=dict(self.sb["env"]), close_fds=True,
-            preexec_fn=lambda: drop_privileges(self.sb, uid, cpu_s))
+        env = dict(self.sb["env"])
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        devnull = os.open(os.devnull, os.O_RDONLY) if stdin is None else None
+        pid = os.fork()
+        if pid == 0:  # child: only async-signal-safe work and the exec
+            try:
+                os.dup2(devnull if stdin is None else stdin, 0)
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+                keep = sorted(set(fds))
+                low = 3
+                for fd in keep:
+                    os.closerange(low, fd)
+                    os.set_inheritable(fd, True)
+                    low = fd + 1
+                os.closerange(low, 1 << 16)
+                os.chdir("/" if judge else self.work)
+                drop_privileges(self.sb, uid, cpu_s)
+                os.execve(argv[0], argv, env)
+            except BaseException as e:  # noqa: BLE001
+                try:
+                    os.write(2, f"sandbox: could not start the program: {e!r}".encode())
+                finally:
+                    os._exit(127)
+        for fd in (out_w, err_w) + ((devnull,) if devnull is not None else ()):
+            os.close(fd)
+        return _Proc(pid, out_r, err_r)
 
     def blob(self, obj):
         fd = os.memfd_create("sdpo-blob", 0)
@@ -225,19 +249,14 @@ class _Launcher:
                 pass
         for p in procs:
             killpg(p.pid)
-            try:
-                p.kill()
-            except ProcessLookupError:
-                pass
+            p.kill()
         if self.kind == "setuid":
             kill_uid(self.uid)
             kill_uid(self.uid + 1)
         for p in procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-        if os.getpid() == 1:
+            p.wait(5.0)
+            p.close()
+        if os.getpid() == 1:  # reap the orphans re-parented to us
             end = time.monotonic() + 1.0
             while time.monotonic() < end:
                 try:
@@ -245,7 +264,7 @@ class _Launcher:
                 except ChildProcessError:
                     break
                 if pid == 0:
-                    time.sleep(0.005)
+                    time.sleep(0.002)
 
     def run(self):
         mode = self.job["mode"]
@@ -274,7 +293,7 @@ class _Launcher:
             p = self.spawn("stdio", [code_fd, err_w], stdin=in_fd, cpu_s=limit + 1)
             os.close(err_w)
             os.close(in_fd)
-            out_fd, stderr_fd = p.stdout.fileno(), p.stderr.fileno()
+            out_fd, stderr_fd = p.stdout_fd, p.stderr_fd
             pump = _Pump({out_fd: lim["stdout_bytes"], stderr_fd: lim["stderr_bytes"],
                           err_r: 64 * 1024})
             exited = pump.until(lambda: p.poll() is not None, start + limit + 1.0)
@@ -312,10 +331,10 @@ class _Launcher:
                              "sys_path": self.sb["sys_path"]})
         resp_r, resp_w = os.pipe()
         cpu = min(total, limit * len(tests)) + 1
-        p = self.spawn("functional", [code_fd, resp_w], stdin=subprocess.DEVNULL, cpu_s=cpu)
+        p = self.spawn("functional", [code_fd, resp_w], cpu_s=cpu)
         os.close(resp_w)
         os.close(code_fd)
-        pump = _Pump({p.stdout.fileno(): lim["stdout_bytes"], p.stderr.fileno(): lim["stderr_bytes"],
+        pump = _Pump({p.stdout_fd: lim["stdout_bytes"], p.stderr_fd: lim["stderr_bytes"],
                       resp_r: 64 * 1024 * 1024})
         results, start_all, stop = [], time.monotonic(), None
         for test in tests:
@@ -366,22 +385,21 @@ class _Launcher:
         cand_fd = self.blob({"code": job["code"], "context": job.get("context", ""),
                              "entry_point": job["entry_point"], "sys_path": sb["sys_path"]})
         start = time.monotonic()
-        judge = self.spawn("judge", [judge_fd, req_w, resp_r, verdict_w], stdin=subprocess.DEVNULL,
-                           cpu_s=limit + 1, judge=True)
+        judge = self.spawn("judge", [judge_fd, req_w, resp_r, verdict_w], cpu_s=limit + 1,
+                           judge=True)
         for fd in (judge_fd, req_w, resp_r, verdict_w):
             os.close(fd)
-        jpump = _Pump({verdict_r: 1024 * 1024, judge.stdout.fileno(): lim["stdout_bytes"],
-                       judge.stderr.fileno(): lim["stderr_bytes"]})
+        jpump = _Pump({verdict_r: 1024 * 1024, judge.stdout_fd: lim["stdout_bytes"],
+                       judge.stderr_fd: lim["stderr_bytes"]})
         deadline = start + limit + 2.0
         ready = jpump.until(lambda: len(jpump.buf[verdict_r]) >= 1, deadline,
                             give_up=lambda: judge.poll() is not None and not jpump.open)
         procs = [judge]
         if ready:  # the judge is non-dumpable now: start the solution
-            cand = self.spawn("candidate", [cand_fd, req_r, resp_w], stdin=subprocess.DEVNULL,
-                              cpu_s=limit + 1)
+            cand = self.spawn("candidate", [cand_fd, req_r, resp_w], cpu_s=limit + 1)
             procs.append(cand)
-            jpump.add(cand.stdout.fileno(), lim["stdout_bytes"])
-            jpump.add(cand.stderr.fileno(), lim["stderr_bytes"])
+            jpump.add(cand.stdout_fd, lim["stdout_bytes"])
+            jpump.add(cand.stderr_fd, lim["stderr_bytes"])
         for fd in (cand_fd, req_r, resp_w):
             os.close(fd)
         done = ready and jpump.until(lambda: verdict_r not in jpump.open, deadline)
@@ -406,6 +424,44 @@ class _Launcher:
             if rec["status"] not in ("pass", "wrong", "error", "timeout"):
                 rec["status"] = "error"
         return [rec]
+
+
+class _Proc:
+    """A child started by `spawn`: pid, the read ends of its stdout / stderr, its exit code."""
+
+    def __init__(self, pid, stdout_fd, stderr_fd):
+        self.pid, self.stdout_fd, self.stderr_fd, self.returncode = pid, stdout_fd, stderr_fd, None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                self.returncode = -signal.SIGKILL
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout):
+        end = time.monotonic() + timeout
+        while self.poll() is None and time.monotonic() < end:
+            time.sleep(0.001)
+        return self.returncode
+
+    def kill(self):
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self):
+        for fd in (self.stdout_fd, self.stderr_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class _Pump:
@@ -520,8 +576,6 @@ def _json_equal(result, expected):
 
 
 def _launcher_main():
-    import decimal  # noqa: F401 - imported before chroot
-    import resource  # noqa: F401
     _c().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     out, launcher = {}, None
     try:
@@ -532,6 +586,7 @@ def _launcher_main():
         out["setup_error"] = f"{type(e).__name__}: {e}"[:2000]
     finally:
         if launcher is not None and launcher.base:
+            import shutil
             shutil.rmtree(launcher.base, ignore_errors=True)
     sys.stdout.write(json.dumps(out))
     sys.stdout.flush()

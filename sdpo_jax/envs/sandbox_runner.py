@@ -18,11 +18,9 @@ Roles
 
 import builtins
 import json
-import linecache
 import os
 import sys
 import time
-import traceback
 
 SOLUTION_FILE = "Solution.py"
 CONTEXT_FILE = "Context.py"
@@ -31,8 +29,20 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 200
 
 
+SOURCES = {}  # filename -> source, handed to linecache only when a traceback is formatted
+
+
+def _traceback():
+    import linecache
+    import traceback
+    for filename, source in SOURCES.items():
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return traceback
+
+
 def short_trace(exc, limit=3):
     """The exception type and message, then up to `limit` frames from Solution.py (LeetCode style)."""
+    traceback = _traceback()
     try:
         msg = str(exc)
     except BaseException:
@@ -61,7 +71,7 @@ def read_all(fd):
 
 
 def compile_source(source, filename):
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    SOURCES[filename] = source
     return compile(source, filename, "exec", dont_inherit=True)
 
 
@@ -351,7 +361,7 @@ def run_judge(code_fd, req_fd, resp_fd, verdict_fd):
         verdict = {"status": "error", "error": "the solution process exited before answering"}
     except AssertionError as e:
         failed = ""
-        for f in traceback.extract_tb(e.__traceback__):
+        for f in _traceback().extract_tb(e.__traceback__):
             if f.filename == TESTS_FILE and f.line:
                 failed = f.line
         verdict = {"status": "wrong", "failed_check": failed[:1000],
