@@ -22,7 +22,6 @@ def get_config():
     c.model.init.num_kv_heads = 2
     c.model.init.head_dim = 32
     c.model.init.intermediate_size = 384
-    c.mesh.fsdp = 1  # one CPU device
 
     c.env.name = "synthetic"
     c.env.num_workers = 1

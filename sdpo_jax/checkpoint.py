@@ -31,7 +31,8 @@ class RunCheckpointer:
     """Save / restore a run's state under `<run_dir>/checkpoints`, asynchronously."""
 
     def __init__(self, run_dir: str, *, max_to_keep: int = 2, async_save: bool = True):
-        self.directory = os.path.abspath(os.path.join(run_dir, "checkpoints"))
+        joined = os.path.join(run_dir, "checkpoints")
+        self.directory = joined if "://" in joined else os.path.abspath(joined)  # gs:// stays as is
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))

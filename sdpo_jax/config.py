@@ -286,9 +286,11 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None, num_processes: 
         fixed = 1
         for value in axes.values():
             fixed *= value if value != -1 else 1
-        if num_devices % fixed:
+        has_rest = -1 in axes.values()
+        if (num_devices % fixed) if has_rest else (num_devices != fixed):
             raise ConfigError(
-                f"config: mesh {axes} needs a multiple of {fixed} devices, but there are {num_devices}")
+                f"config: mesh {axes} needs {'a multiple of ' if has_rest else ''}{fixed} devices, but there "
+                f"are {num_devices}; set one axis to -1 to take the rest")
         rest = num_devices // fixed
         data_parallel = (rest if cfg.mesh.data == -1 else cfg.mesh.data) * (rest if cfg.mesh.fsdp == -1 else cfg.mesh.fsdp)
         rows = cfg.data.prompts_per_step * cfg.rollout.n

@@ -218,8 +218,9 @@ def load_rows(cfg) -> tuple[list[dict], list[dict]]:
                                            difficulty=level)
         evals = [p for p in candidates if (p["digits"], tuple(p["ops"])) not in seen][:cfg.data.eval_prompts]
         return train, evals
-    train = data_lib.load_dataset(cfg.data.train, skip_bad=cfg.data.skip_bad_rows)
-    evals = data_lib.load_dataset(cfg.data.eval, skip_bad=cfg.data.skip_bad_rows) if cfg.data.eval else []
+    train = data_lib.load_dataset(cfg.data.train, skip_bad=cfg.data.skip_bad_rows, env=cfg.env.name)
+    evals = (data_lib.load_dataset(cfg.data.eval, skip_bad=cfg.data.skip_bad_rows, env=cfg.env.name)
+             if cfg.data.eval else [])
     return train, evals[:cfg.data.eval_prompts]
 
 
