@@ -224,6 +224,26 @@ def _platform() -> str:
     return jax.devices()[0].platform
 
 
+def _per_shard(fn, q_btnh, k_btkh, v_btkh, valid_bt):
+    """Run a fused kernel per device under `jax.set_mesh`: batch over (data, fsdp), heads over
+    `tensor` when the KV heads divide it (else replicated). Without a mesh context: a plain call.
+    Custom kernels have no SPMD partitioning rule, so this keeps XLA from gathering their inputs."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return fn(q_btnh, k_btkh, v_btkh, valid_bt)
+    from jax.sharding import PartitionSpec as P
+
+    from sdpo_jax.sharding import logical_to_spec
+
+    sizes = dict(mesh.shape)
+    b, k_heads = q_btnh.shape[0], k_btkh.shape[2]
+    batch = logical_to_spec(("batch",), (b,), sizes)[0]
+    heads = logical_to_spec(("kv_heads",), (k_heads,), sizes)[0]
+    spec = P(batch, None, heads, None)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, P(batch, None)),
+                         out_specs=spec, check_vma=False)(q_btnh, k_btkh, v_btkh, valid_bt)
+
+
 def cudnn_attention(q_btnh, k_btkh, v_btkh, kv_valid_bt, *, window=None, implementation="cudnn"):
     """`jax.nn.dot_product_attention` (cuDNN flash attention) for self-attention (T == S).
 
@@ -236,27 +256,33 @@ def cudnn_attention(q_btnh, k_btkh, v_btkh, kv_valid_bt, *, window=None, impleme
         raise RuntimeError(
             f"attention_impl='cudnn' needs an NVIDIA GPU, but JAX runs on {_platform()!r}; "
             "use attention_impl='blockwise' (any platform) or 'splash' (TPU).")
-    b, t = kv_valid_bt.shape
-    valid = kv_valid_bt.astype(bool)
-    first = jnp.argmax(valid, axis=1).astype(jnp.int32)  # leading padding per row
-    lengths = valid.sum(axis=1).astype(jnp.int32)
-    idx = (jnp.arange(t, dtype=jnp.int32)[None, :] + first[:, None]) % t  # rotate left by `first`
+    def kernel(q_btnh, k_btkh, v_btkh, kv_valid_bt):
+        t = kv_valid_bt.shape[1]
+        valid = kv_valid_bt.astype(bool)
+        first = jnp.argmax(valid, axis=1).astype(jnp.int32)  # leading padding per row
+        lengths = valid.sum(axis=1).astype(jnp.int32)
+        idx = (jnp.arange(t, dtype=jnp.int32)[None, :] + first[:, None]) % t  # rotate left
 
-    def rotate(x, index):
-        return jnp.take_along_axis(x, index[:, :, None, None], axis=1)
+        def rotate(x, index):
+            return jnp.take_along_axis(x, index[:, :, None, None], axis=1)
 
-    out = jax.nn.dot_product_attention(
-        rotate(q_btnh, idx), rotate(k_btkh, idx), rotate(v_btkh, idx), is_causal=True,
-        query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-        local_window_size=None if window is None else (window - 1, 0),
-        implementation=implementation)
-    back = (jnp.arange(t, dtype=jnp.int32)[None, :] - first[:, None]) % t
-    return rotate(out, back)
+        out = jax.nn.dot_product_attention(
+            rotate(q_btnh, idx), rotate(k_btkh, idx), rotate(v_btkh, idx), is_causal=True,
+            query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+            local_window_size=None if window is None else (window - 1, 0),
+            implementation=implementation)
+        back = (jnp.arange(t, dtype=jnp.int32)[None, :] - first[:, None]) % t
+        return rotate(out, back)
+
+    return _per_shard(kernel, q_btnh, k_btkh, v_btkh, kv_valid_bt)
 
 
-def splash_attention(q_btnh, k_btkh, v_btkh, kv_valid_bt, *, window=None, block=512):
-    """Pallas splash attention (TPU) for self-attention; padding via segment ids (0 = pad)."""
-    if _platform() != "tpu":
+def splash_attention(q_btnh, k_btkh, v_btkh, kv_valid_bt, *, window=None, block=512,
+                     interpret=False):
+    """Pallas splash attention (TPU) for self-attention; padding via segment ids (0 = pad), so a
+    valid query sees only valid keys. `interpret=True` runs the kernel in Pallas' interpreter on
+    any platform (tests)."""
+    if _platform() != "tpu" and not interpret:
         raise RuntimeError(
             f"attention_impl='splash' needs a TPU, but JAX runs on {_platform()!r}; "
             "use attention_impl='blockwise' (any platform) or 'cudnn' (GPU).")
@@ -278,18 +304,25 @@ def splash_attention(q_btnh, k_btkh, v_btkh, kv_valid_bt, *, window=None, block=
                           block_kv_dq=blk)
     group = n // k_heads
     kernel = sk.make_splash_mqa_single_device(
-        mask=sm.MultiHeadMask([head_mask] * group), block_sizes=sizes)
-    segments = kv_valid_bt.astype(jnp.int32)
-    q_bkgth = jnp.einsum("btkgh->bkgth", q_btnh.reshape(b, t, k_heads, group, h)) / math.sqrt(h)
-    k_bkth = jnp.einsum("btkh->bkth", k_btkh)
-    v_bkth = jnp.einsum("btkh->bkth", v_btkh)
+        mask=sm.MultiHeadMask([head_mask] * group), block_sizes=sizes, interpret=interpret)
 
-    def per_row(q_kgth, k_kth, v_kth, seg_t):
-        ids = sk.SegmentIds(q=seg_t, kv=seg_t)
-        return jax.vmap(lambda qh, kh, vh: kernel(qh, kh, vh, segment_ids=ids))(q_kgth, k_kth, v_kth)
+    def per_shard(q_btnh, k_btkh, v_btkh, kv_valid_bt):
+        b, t, n_local, h = q_btnh.shape
+        k_local = k_btkh.shape[2]
+        q_bkgth = jnp.einsum("btkgh->bkgth", q_btnh.reshape(b, t, k_local, group, h))
+        q_bkgth = (q_bkgth / math.sqrt(h)).astype(k_btkh.dtype)
+        k_bkth = jnp.einsum("btkh->bkth", k_btkh)
+        v_bkth = jnp.einsum("btkh->bkth", v_btkh)
 
-    out_bkgth = jax.vmap(per_row)(q_bkgth.astype(k_btkh.dtype), k_bkth, v_bkth, segments)
-    return jnp.einsum("bkgth->btkgh", out_bkgth).reshape(b, t, n, h).astype(q_btnh.dtype)
+        def per_row(q_kgth, k_kth, v_kth, seg_t):
+            ids = sk.SegmentIds(q=seg_t, kv=seg_t)
+            return jax.vmap(lambda qh, kh, vh: kernel(qh, kh, vh, segment_ids=ids))(
+                q_kgth, k_kth, v_kth)
+
+        out = jax.vmap(per_row)(q_bkgth, k_bkth, v_bkth, kv_valid_bt.astype(jnp.int32))
+        return jnp.einsum("bkgth->btkgh", out).reshape(b, t, n_local, h).astype(q_btnh.dtype)
+
+    return _per_shard(per_shard, q_btnh, k_btkh, v_btkh, kv_valid_bt)
 
 
 def self_attention(impl, q_btnh, k_btkh, v_btkh, kv_valid_bt, *, window=None, block_size=512):
