@@ -1,0 +1,497 @@
+"""The SDPO / GRPO / hybrid train step: one `jax.jit` with explicit shardings and a donated state.
+
+    settings = StepSettings(objective="sdpo", loss_mode="topk", topk=100, alpha=0.5, teacher_kind="ema")
+    optimizer = make_optimizer(lr=1e-5, warmup_steps=10)
+    state = init_train_state(model_cfg, settings, params, optimizer, mesh)
+    step = make_train_step(model_cfg, settings, optimizer, mesh)
+    state, metrics = update_on_generation_batch(step, model_cfg, settings, state, rollout_batch, mesh=mesh)
+
+One optimizer step (`make_train_step`): for each micro-batch, the student's hidden states on
+[prompt | completion] (with gradient) and the teacher's on [teacher prompt | completion] (no gradient),
+both sliced to the completion positions (static offsets P - 1 and P_T - 1), go through the chunked
+loss (`chunked_losses`, never [B, T, V]); gradients add up over micro-batches with mini-batch-wide
+denominators (so the split does not change them); AdamW with global-norm clipping; a non-finite
+loss or gradient skips the update (`skipped_nonfinite = 1`).
+
+One generation batch (`update_on_generation_batch`): old log-probs for all rows with the current
+parameters first, then one optimizer step per mini-batch of whole groups (padded with zero-weight
+rows to a multiple of data-parallel size x micro-batches), then the EMA teacher update once, if some
+step was finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sdpo_jax import chunked_losses, losses, models, sharding, teacher
+from sdpo_jax.losses import compute_grpo_advantages  # noqa: F401  (re-exported for the train loop)
+
+OBJECTIVES = ("sdpo", "grpo", "hybrid")
+
+
+class RolloutBatch(NamedTuple):
+    """What the train step consumes (N = prompts x n rows; DESIGN.md "RolloutBatch").
+
+    prompt_ids / prompt_mask [N, P] left-padded; completion_ids / completion_mask [N, C] right-padded;
+    teacher_prompt_ids / teacher_prompt_mask [N, P_T] left-padded; sd_mask [N] (1 = has teacher context);
+    old_logprobs [N, C] (filled by `compute_old_logprobs`); sampler_logprobs [N, C] (the sampler's, for
+    rollout TIS); rewards [N]; group_ids [N]; advantages [N] (GRPO, from `compute_grpo_advantages`);
+    row_weight [N] (None = ones; 0 marks padding rows that must not count anywhere)."""
+    prompt_ids: Any
+    prompt_mask: Any
+    completion_ids: Any
+    completion_mask: Any
+    teacher_prompt_ids: Any
+    teacher_prompt_mask: Any
+    sd_mask: Any
+    old_logprobs: Any
+    sampler_logprobs: Any
+    rewards: Any
+    group_ids: Any
+    advantages: Any
+    row_weight: Any = None
+
+
+_FIELD_DTYPES = dict(prompt_ids=jnp.int32, prompt_mask=jnp.int32, completion_ids=jnp.int32,
+                     completion_mask=jnp.int32, teacher_prompt_ids=jnp.int32, teacher_prompt_mask=jnp.int32,
+                     sd_mask=jnp.float32, old_logprobs=jnp.float32, sampler_logprobs=jnp.float32,
+                     rewards=jnp.float32, group_ids=jnp.int32, advantages=jnp.float32, row_weight=jnp.float32)
+
+
+_PER_ROW_FIELDS = ("sd_mask", "rewards", "group_ids", "advantages", "row_weight")  # [N]; the others are [N, L]
+_FIELD_NDIM = {f: 1 if f in _PER_ROW_FIELDS else 2 for f in _FIELD_DTYPES}
+
+
+class TrainState(NamedTuple):
+    """params; optax state; the teacher's own parameters (EMA fp32 copy, or the frozen initial model for
+    `frozen` / `trust_region`; None for `live`); step = optimizer updates applied (int32)."""
+    params: Any
+    opt_state: Any
+    teacher_params: Any
+    step: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+    """Static settings of the step (hashable; names mirror the config, `loss.*` / `teacher.*` / `optim.*`).
+
+    objective: "sdpo" | "grpo" | "hybrid" (A = hybrid_lambda A_GRPO + (1 - hybrid_lambda) A_SDPO).
+    loss_mode: "topk" | "full" | "token"; topk: K; add_tail: the tail bucket (else renormalise in K).
+    alpha: 0 forward KL, 1 reverse KL, between the generalized JSD (alpha = the teacher's weight).
+    is_clip: distillation IS weight clip (None = no IS weight); rollout_is_clip: rollout TIS clip (None = off).
+    aggregation: seq_mean_token_mean | token_mean | seq_mean_token_sum. temperature: the rollout's.
+    clip_low / clip_high / dual_clip: PPO clip (GRPO and hybrid). adv_clip: per-logit advantage clip
+    (reverse KL / token mode; None = off). norm_adv_by_std: GRPO advantage normalisation (used by
+    `update_on_generation_batch(recompute_advantages=True)`).
+    teacher_kind: ema | trust_region | frozen | live; ema_rate; trust_region_mix.
+    vocab_chunk: vocabulary columns per chunk; seq_chunk: tokens per chunk of the flattened B*T (None/0 =
+    all); micro_batches: gradient-accumulation splits of a mini-batch; minibatch_groups: whole groups
+    (questions) per optimizer step (0 = the whole generation batch); skip_nonfinite: skip updates whose
+    loss or gradient norm is not finite."""
+    objective: str = "sdpo"
+    hybrid_lambda: float = 0.9
+    loss_mode: str = "topk"
+    topk: int | None = 100
+    add_tail: bool = True
+    alpha: float = 0.5
+    is_clip: float | None = 2.0
+    rollout_is_clip: float | None = 2.0
+    aggregation: str = "seq_mean_token_mean"
+    temperature: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    dual_clip: float | None = 3.0
+    adv_clip: float | None = None
+    norm_adv_by_std: bool = False
+    teacher_kind: str = "ema"
+    ema_rate: float = 0.05
+    trust_region_mix: float = 0.05
+    vocab_chunk: int = 8192
+    seq_chunk: int | None = None
+    micro_batches: int = 1
+    minibatch_groups: int = 0
+    skip_nonfinite: bool = True
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"loss.objective={self.objective!r} is not one of {OBJECTIVES}")
+        if self.objective != "grpo":
+            losses.check_loss_options(mode=self.loss_mode, topk=self.topk, alpha=self.alpha,
+                                      temperature=self.temperature, aggregation=self.aggregation,
+                                      adv_clip=self.adv_clip)
+        elif self.aggregation not in losses.AGGREGATIONS:
+            raise ValueError(f"loss.aggregation={self.aggregation!r} is not one of {losses.AGGREGATIONS}")
+        teacher.check_kind(self.teacher_kind)
+        if not 0.0 <= self.hybrid_lambda <= 1.0:
+            raise ValueError(f"loss.hybrid_lambda={self.hybrid_lambda} must be in [0, 1]")
+        if not 0.0 <= self.ema_rate <= 1.0 or not 0.0 <= self.trust_region_mix <= 1.0:
+            raise ValueError(f"teacher.ema_rate={self.ema_rate} and teacher.trust_region_mix="
+                             f"{self.trust_region_mix} must be in [0, 1]")
+        if self.micro_batches < 1 or self.minibatch_groups < 0 or self.vocab_chunk < 1:
+            raise ValueError(f"optim.micro_batches={self.micro_batches} must be >= 1, optim.minibatch_prompts="
+                             f"{self.minibatch_groups} >= 0, loss.vocab_chunk={self.vocab_chunk} >= 1")
+
+    @property
+    def uses_sdpo(self) -> bool:
+        return self.objective != "grpo"
+
+    @property
+    def uses_grpo(self) -> bool:
+        return self.objective != "sdpo"
+
+
+# ----------------------------------------------------------------------------- optimizer and state
+
+
+def make_optimizer(lr: float, warmup_steps: int, weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
+                   grad_clip: float | None = 1.0, eps: float = 1e-8) -> optax.GradientTransformation:
+    """AdamW (decoupled weight decay on all parameters) after global-norm clipping; the learning rate
+    rises linearly over `warmup_steps` updates (lr * (k + 1) / warmup at update k) and stays at `lr`."""
+    warmup = max(int(warmup_steps), 1)
+    schedule = lambda count: lr * jnp.minimum(1.0, (count + 1) / warmup)  # noqa: E731
+    adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), adamw) if grad_clip else adamw
+
+
+def _abstract_params(model_cfg):
+    dtype = jnp.dtype(model_cfg.param_dtype)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), dtype), models.param_shapes(model_cfg),
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def train_state_shardings(model_cfg, settings: StepSettings, optimizer, mesh) -> TrainState:
+    """TrainState of NamedShardings: parameters (and the teacher, same layout) by the sharding rules,
+    the optimizer's moments like the parameters, its counters and the step replicated."""
+    param_sh = sharding.param_shardings(model_cfg, mesh)
+    replicated = NamedSharding(mesh, P())
+    opt_abstract = jax.eval_shape(optimizer.init, _abstract_params(model_cfg))
+    opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abstract, param_sh,
+                                   transform_non_params=lambda _: replicated)
+    teacher_sh = None if settings.teacher_kind == "live" else param_sh
+    return TrainState(param_sh, opt_sh, teacher_sh, replicated)
+
+
+def init_train_state(model_cfg, settings: StepSettings, params, optimizer, mesh=None) -> TrainState:
+    """params (consumed: they become `state.params`), a fresh optimizer state, the teacher's parameters
+    (`teacher.init_teacher_params`) and step 0; placed by `train_state_shardings` when a mesh is given."""
+    state = TrainState(params, optimizer.init(params), teacher.init_teacher_params(settings.teacher_kind, params),
+                       jnp.zeros((), jnp.int32))
+    if mesh is not None:
+        state = jax.device_put(state, train_state_shardings(model_cfg, settings, optimizer, mesh))
+    return state
+
+
+# ----------------------------------------------------------------------------- batch helpers
+
+
+def data_parallel_size(mesh) -> int:
+    return 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
+
+
+def canonical_batch(batch: RolloutBatch) -> RolloutBatch:
+    """Fixed dtypes (one compile per shape), row_weight filled with ones, shapes checked."""
+    if batch.row_weight is None:
+        batch = batch._replace(row_weight=np.ones(np.shape(batch.rewards)[0], np.float32))
+    fields = {}
+    for name, dtype in _FIELD_DTYPES.items():
+        x = getattr(batch, name)
+        if x is None:
+            raise ValueError(f"RolloutBatch.{name} is None; every field is required (row_weight may be None)")
+        fields[name] = x.astype(dtype) if getattr(x, "dtype", None) != dtype else x
+    out = RolloutBatch(**fields)
+    n = out.rewards.shape[0]
+    c = out.completion_ids.shape
+    expect = dict(prompt_mask=out.prompt_ids.shape, completion_mask=c, old_logprobs=c, sampler_logprobs=c,
+                  teacher_prompt_mask=out.teacher_prompt_ids.shape, sd_mask=(n,), group_ids=(n,), advantages=(n,),
+                  row_weight=(n,))
+    for name, shape in expect.items():
+        if tuple(getattr(out, name).shape) != tuple(shape):
+            raise ValueError(f"RolloutBatch.{name} has shape {tuple(getattr(out, name).shape)}, expected {tuple(shape)}")
+    for name in ("prompt_ids", "completion_ids", "teacher_prompt_ids"):
+        x = getattr(out, name)
+        if x.ndim != 2 or x.shape[0] != n or x.shape[1] < 1:
+            raise ValueError(f"RolloutBatch.{name} has shape {tuple(x.shape)}, expected [N={n}, >= 1]")
+    return out
+
+
+def _batch_shardings(mesh, batch: RolloutBatch) -> RolloutBatch:
+    return RolloutBatch(*[sharding.batch_sharding(mesh, np.ndim(x)) for x in batch])
+
+
+def _put(batch: RolloutBatch, mesh) -> RolloutBatch:
+    """Host (process-local) rows onto the mesh, rows over ('data', 'fsdp')."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, batch)
+    shardings = _batch_shardings(mesh, batch)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, shardings)
+    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch, shardings)
+
+
+# ----------------------------------------------------------------------------- the loss of one micro-batch
+
+
+def _rows_and_columns(prefix_ids, prefix_mask, completion_ids, completion_mask):
+    """Row [prefix | completion] (ids, mask) and the columns P-1+t whose hidden states predict token t."""
+    p_len, c_len = prefix_ids.shape[1], completion_ids.shape[1]
+    ids = jnp.concatenate([prefix_ids, completion_ids], axis=1)
+    mask = jnp.concatenate([prefix_mask, completion_mask], axis=1)
+    return ids, mask, slice(p_len - 1, p_len - 1 + c_len)
+
+
+def token_quantities_for_batch(model_cfg, settings: StepSettings, params, teacher_params, mb: RolloutBatch,
+                               need_teacher: bool):
+    """Student (and teacher) forwards of one micro-batch and the chunked per-token quantities [B, C]."""
+    ids, mask, cols = _rows_and_columns(mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask)
+    h_s = models.hidden_states(model_cfg, params, ids, mask)[:, cols]
+    w_s = models.unembedding(model_cfg, params)
+    t_h, t_w = (), ()
+    if need_teacher:
+        t_ids, t_mask, t_cols = _rows_and_columns(mb.teacher_prompt_ids, mb.teacher_prompt_mask, mb.completion_ids,
+                                                  mb.completion_mask)
+        t_h, t_w = teacher.teacher_hidden_terms(model_cfg, settings.teacher_kind, params, teacher_params, t_ids,
+                                                t_mask, mix=settings.trust_region_mix, positions=t_cols)
+    return chunked_losses.token_quantities(
+        h_s, w_s, t_h, t_w, mb.completion_ids, mode=settings.loss_mode, topk=settings.topk or 0,
+        add_tail=settings.add_tail, alpha=settings.alpha, temperature=settings.temperature,
+        adv_clip=settings.adv_clip, vocab_chunk=settings.vocab_chunk, seq_chunk=settings.seq_chunk,
+        need_teacher=need_teacher)
+
+
+def _micro_loss(model_cfg, settings: StepSettings, params, teacher_params, mb: RolloutBatch, dens):
+    """(loss, metric sums) of one micro-batch; `dens` are the mini-batch-wide aggregation denominators."""
+    q = token_quantities_for_batch(model_cfg, settings, params, teacher_params, mb, settings.uses_sdpo)
+    rw = mb.row_weight
+    cm = mb.completion_mask.astype(jnp.float32)
+    sd_m = cm * mb.sd_mask[:, None]
+    ls_y = q["ls_y"]
+    sums = {"sd_rows": jnp.sum(rw * mb.sd_mask), "rows": jnp.sum(rw)}
+    loss_sd = loss_pg = jnp.float32(0.0)
+    if settings.uses_sdpo:
+        w_is, rho = losses.token_weights(ls_y, mb.old_logprobs, mb.sampler_logprobs, settings.is_clip,
+                                         settings.rollout_is_clip)
+        coef = losses.token_coefficients(sd_m, rw, settings.aggregation, dens["sd"])
+        loss_sd = jnp.sum(coef * q["d"] * w_is * rho)
+        sums.update(losses.token_metric_sums(sd_m * rw[:, None], is_weight=w_is, advantage=q["lq_y"] - ls_y,
+                                             entropy=q["entropy"], entropy_mask_bt=cm * rw[:, None]))
+    else:
+        sums.update(losses.token_metric_sums(cm * rw[:, None], entropy=q["entropy"]))
+    if settings.uses_grpo:
+        adv = jnp.broadcast_to(mb.advantages[:, None], ls_y.shape)
+        pg_bt, clipped, dual = losses.grpo_token_loss(ls_y, mb.old_logprobs, adv, clip_low=settings.clip_low,
+                                                      clip_high=settings.clip_high, dual_clip=settings.dual_clip)
+        _, rho = losses.token_weights(ls_y, mb.old_logprobs, mb.sampler_logprobs, None, settings.rollout_is_clip)
+        loss_pg = jnp.sum(losses.token_coefficients(cm, rw, settings.aggregation, dens["pg"]) * pg_bt * rho)
+        pm = cm * rw[:, None]
+        sums.update(pg_tokens=jnp.sum(pm), pg_clip_sum=jnp.sum(pm * clipped), pg_lower_sum=jnp.sum(pm * dual),
+                    ppo_kl_sum=jnp.sum(pm * jax.lax.stop_gradient(mb.old_logprobs - ls_y)))
+    if settings.objective == "sdpo":
+        loss = loss_sd
+    elif settings.objective == "grpo":
+        loss = loss_pg
+    else:
+        loss = losses.hybrid_loss(loss_sd, loss_pg, settings.hybrid_lambda)
+    sums.update(loss_sdpo=loss_sd, loss_grpo=loss_pg)
+    return loss, jax.tree.map(jax.lax.stop_gradient, sums)
+
+
+def _finalize(sums, loss, grad_norm, skipped, settings: StepSettings):
+    out = {"loss": loss, "grad_norm": grad_norm, "skipped_nonfinite": skipped.astype(jnp.float32),
+           "sd_mask_fraction": sums["sd_rows"] / jnp.maximum(sums["rows"], 1.0),
+           **losses.finalize_metric_sums(sums)}
+    if settings.objective == "hybrid":
+        out.update(loss_sdpo=sums["loss_sdpo"], loss_grpo=sums["loss_grpo"])
+    if settings.uses_grpo:
+        n = jnp.maximum(sums["pg_tokens"], 1.0)
+        out.update(pg_clipfrac=sums["pg_clip_sum"] / n, pg_clipfrac_lower=sums["pg_lower_sum"] / n,
+                   ppo_kl=sums["ppo_kl_sum"] / n)
+    return out
+
+
+# ----------------------------------------------------------------------------- the jitted step
+
+
+def _split_micro(x, m: int):
+    """[N, ...] -> [m, N/m, ...] with micro-batch j = rows j, j+m, ... (each takes rows from every shard)."""
+    return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
+
+
+def make_train_step(model_cfg, settings: StepSettings, optimizer, mesh=None):
+    """`step(state, batch) -> (state, metrics)`: one optimizer step on one mini-batch (RolloutBatch with
+    old_logprobs filled). One `jax.jit` with in/out shardings from `train_state_shardings` and
+    `batch_sharding`, the state donated. Rows must be a multiple of data-parallel size x micro_batches.
+    `step.jitted` is the underlying jitted function (for `.lower(...)`)."""
+    m = settings.micro_batches
+    param_sh = sharding.param_shardings(model_cfg, mesh) if mesh is not None else None
+
+    def step_fn(state: TrainState, batch: RolloutBatch):
+        cm = batch.completion_mask.astype(jnp.float32)
+        sd_m = cm * batch.sd_mask[:, None]
+        dens = {"sd": losses.aggregation_denominators(sd_m, batch.row_weight),
+                "pg": losses.aggregation_denominators(cm, batch.row_weight)}
+        grad_fn = jax.value_and_grad(
+            lambda p, mb: _micro_loss(model_cfg, settings, p, state.teacher_params, mb, dens), has_aux=True)
+        if m == 1:
+            (loss, sums), grads = grad_fn(state.params, batch)
+        else:
+            micro = jax.tree.map(lambda x: _split_micro(x, m), batch)
+
+            def body(carry, mb):
+                (loss_i, sums_i), grads_i = grad_fn(state.params, mb)
+                loss_acc, sums_acc, grads_acc = carry
+                grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads_i)
+                if param_sh is not None:
+                    grads_acc = jax.lax.with_sharding_constraint(grads_acc, param_sh)
+                return (loss_acc + loss_i, jax.tree.map(jnp.add, sums_acc, sums_i), grads_acc), None
+
+            zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+            zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro))[0][1]))
+            (loss, sums, grads), _ = jax.lax.scan(body, (jnp.float32(0.0), zero_sums, zero_grads), micro)
+            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        if settings.skip_nonfinite:
+            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+            new_params, new_opt = keep(new_params, state.params), keep(new_opt, state.opt_state)
+            applied = finite
+        else:
+            applied = jnp.bool_(True)
+        new_state = TrainState(new_params, new_opt, state.teacher_params, state.step + applied.astype(jnp.int32))
+        return new_state, _finalize(sums, loss, grad_norm, ~applied, settings)
+
+    if mesh is None:
+        jitted = jax.jit(step_fn, donate_argnums=(0,))
+    else:
+        state_sh = train_state_shardings(model_cfg, settings, optimizer, mesh)
+        replicated = NamedSharding(mesh, P())
+        batch_sh = RolloutBatch(*[sharding.batch_sharding(mesh, _FIELD_NDIM[f]) for f in RolloutBatch._fields])
+        jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                         donate_argnums=(0,))
+    dp = data_parallel_size(mesh)
+
+    def step(state: TrainState, batch: RolloutBatch):
+        batch = canonical_batch(batch)
+        rows = batch.rewards.shape[0]
+        if rows % (dp * m):
+            raise ValueError(f"train step: {rows} rows is not a multiple of data-parallel size {dp} x "
+                             f"micro_batches {m}; pad with zero-weight rows (update_on_generation_batch does)")
+        if mesh is None:
+            return jitted(state, batch)
+        with jax.set_mesh(mesh):
+            return jitted(state, batch)
+
+    step.jitted = jitted
+    step.mesh = mesh
+    return step
+
+
+# ----------------------------------------------------------------------------- old log-probs
+
+
+@functools.lru_cache(maxsize=32)
+def _old_logprobs_fn(model_cfg, temperature: float, vocab_chunk: int, seq_chunk, micro: int):
+    settings = StepSettings(objective="grpo", temperature=temperature, vocab_chunk=vocab_chunk, seq_chunk=seq_chunk)
+
+    def rows_logprobs(params, mb: RolloutBatch):
+        q = token_quantities_for_batch(model_cfg, settings, params, None, mb, need_teacher=False)
+        return q["ls_y"] * mb.completion_mask.astype(jnp.float32)
+
+    def fn(params, batch: RolloutBatch):
+        if micro == 1:
+            return rows_logprobs(params, batch)
+        out = jax.lax.map(lambda mb: rows_logprobs(params, mb), jax.tree.map(lambda x: _split_micro(x, micro), batch))
+        return jnp.swapaxes(out, 0, 1).reshape(batch.completion_ids.shape)
+
+    return jax.jit(fn)
+
+
+def compute_old_logprobs(model_cfg, settings: StepSettings, params, batch: RolloutBatch, mesh=None) -> jax.Array:
+    """log pi(y_t) [N, C] at the rollout temperature under `params` (0 on padding), jitted and chunked
+    like the step (no [N, C, V]), `settings.micro_batches` row chunks at a time when they divide N."""
+    batch = canonical_batch(batch)
+    n = batch.rewards.shape[0]
+    micro = settings.micro_batches if n % settings.micro_batches == 0 else 1
+    fn = _old_logprobs_fn(model_cfg, settings.temperature, settings.vocab_chunk, settings.seq_chunk, micro)
+    if mesh is None:
+        return fn(params, batch)
+    with jax.set_mesh(mesh):
+        return fn(params, batch)
+
+
+# ----------------------------------------------------------------------------- the generation-batch driver
+
+
+def minibatch_row_indices(group_ids, groups_per_minibatch: int, multiple: int) -> np.ndarray:
+    """[n_minibatches, R] row indices: whole groups in order of first appearance, `groups_per_minibatch`
+    (0 = all) per mini-batch, each padded with -1 to the same R, a multiple of `multiple`."""
+    group_ids = np.asarray(group_ids)
+    _, first = np.unique(group_ids, return_index=True)
+    order = group_ids[np.sort(first)]
+    per = groups_per_minibatch or len(order)
+    chunks = [np.concatenate([np.flatnonzero(group_ids == g) for g in order[i:i + per]])
+              for i in range(0, len(order), per)]
+    width = math.ceil(max(len(c) for c in chunks) / multiple) * multiple
+    out = np.full((len(chunks), width), -1, np.int64)
+    for i, c in enumerate(chunks):
+        out[i, :len(c)] = c
+    return out
+
+
+def _take_rows(batch: RolloutBatch, idx: np.ndarray) -> RolloutBatch:
+    rows = np.maximum(idx, 0)
+    taken = RolloutBatch(*[np.asarray(x)[rows] for x in batch])
+    return taken._replace(row_weight=taken.row_weight * (idx >= 0).astype(np.float32))
+
+
+@functools.lru_cache(maxsize=8)
+def _ema_fn(rate: float):
+    return jax.jit(functools.partial(teacher.ema_update, rate=rate), donate_argnums=(0,))
+
+
+def update_on_generation_batch(step, model_cfg, settings: StepSettings, state: TrainState, batch: RolloutBatch, *,
+                               mesh=None, rng=None, recompute_advantages: bool = False):
+    """Old log-probs for every row, then one `step` per mini-batch of whole groups, then the EMA teacher.
+
+    Mini-batches hold `settings.minibatch_groups` groups (0 = all), padded with zero-weight rows to a
+    multiple of data-parallel size x micro_batches (per process). A step with a non-finite loss or
+    gradient leaves the state unchanged; the EMA teacher moves once, after the last step, only if some
+    step was applied. `rng` is unused (the step is deterministic). Returns (state, metrics): each metric
+    an array over the mini-batches, plus `ema_updated` (0/1)."""
+    del rng
+    batch = canonical_batch(jax.tree.map(np.asarray, batch))
+    if recompute_advantages:
+        batch = batch._replace(advantages=compute_grpo_advantages(batch.rewards, batch.group_ids,
+                                                                  norm_by_std=settings.norm_adv_by_std))
+    multiple = max(1, data_parallel_size(mesh) * settings.micro_batches // jax.process_count())
+    index = minibatch_row_indices(batch.group_ids, settings.minibatch_groups, multiple)
+    minibatches = [_put(_take_rows(batch, idx), mesh) for idx in index]
+    minibatches = [mb._replace(old_logprobs=compute_old_logprobs(model_cfg, settings, state.params, mb, mesh=mesh))
+                   for mb in minibatches]
+    per_step = []
+    for mb in minibatches:
+        state, metrics = step(state, mb)
+        per_step.append(metrics)
+    metrics = {k: np.array([float(m[k]) for m in per_step]) for k in per_step[0]}
+    any_applied = bool(np.any(metrics["skipped_nonfinite"] == 0))
+    ema = settings.teacher_kind == "ema" and any_applied
+    if ema:
+        if mesh is None:
+            new_teacher = _ema_fn(settings.ema_rate)(state.teacher_params, state.params)
+        else:
+            with jax.set_mesh(mesh):
+                new_teacher = _ema_fn(settings.ema_rate)(state.teacher_params, state.params)
+        state = state._replace(teacher_params=new_teacher)
+    metrics["ema_updated"] = np.array([float(ema)])
+    return state, metrics
