@@ -33,6 +33,17 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _children_cpu() -> float:
+    """CPU seconds of this process and all finished descendants (the sandbox processes; the pool's
+    workers once closed)."""
+    import resource
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=64)
@@ -52,6 +63,7 @@ def main() -> None:
           f"pool of {workers} workers")
 
     code.score(problems[0], completions[0])  # warm the isolation probe and the page cache
+    cpu0 = _children_cpu()
     seq_times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -59,6 +71,8 @@ def main() -> None:
         seq_times.append(time.perf_counter() - start)
         assert all(r == 1.0 for r in rewards), "a canonical solution failed"
 
+    seq_cpu = (_children_cpu() - cpu0) / (args.repeats * len(problems))
+    cpu0 = _children_cpu()
     start = time.perf_counter()
     with Scorer("code", num_workers=workers, timeout_s=120) as scorer:
         scorer.score(problems[:workers], completions[:workers])  # start every worker
@@ -70,11 +84,14 @@ def main() -> None:
             pool_times.append(time.perf_counter() - start)
             assert all(s.reward == 1.0 for s in scores), stats
 
+    pool_cpu = (_children_cpu() - cpu0) / (args.repeats * len(problems) + workers)
     seq, pool = min(seq_times), min(pool_times)
     print(f"sequential: {len(problems) / seq:7.2f} scores/s  ({seq:.2f} s; runs "
           f"{', '.join(f'{t:.2f}' for t in seq_times)})")
     print(f"pooled:     {len(problems) / pool:7.2f} scores/s  ({pool:.2f} s; runs "
           f"{', '.join(f'{t:.2f}' for t in pool_times)}; worker start-up {startup:.2f} s)")
+    print(f"CPU per scored item (user+sys of all processes): sequential {seq_cpu * 1000:.0f} ms, "
+          f"pooled {pool_cpu * 1000:.0f} ms (pooled includes worker start-up)")
     print(f"ratio pooled/sequential: {seq / pool:.2f}x (target >= 1.8x on 2 cores)")
 
 
