@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from sdpo_jax.envs import Scorer, code, sandbox
+from sdpo_jax.envs import Scorer, sandbox
 
 KINDS = [k for k in ("ns-root", "ns-user") if sandbox.probe(k)[0]]
 pytestmark = pytest.mark.skipif(not KINDS, reason="no namespace sandbox on this host")
