@@ -5,7 +5,8 @@
 
 Both sides run the same weights (a random HF model saved to a temp dir, loaded by
 `load_pretrained`) on the same [batch, seq] token block with a full attention mask, in the same
-process, timed alternately (one call each, `--iters` times); tokens/s = batch*seq / median forward time (logits included, no gradient). Prints the
+process, timed alternately (one call each, `--iters` times); tokens/s = batch*seq / median forward
+time (logits included, no gradient). Prints the
 ratio ours/peer, the compiled forward's `memory_analysis()`, the compile time, and model FLOPs
 utilisation (MFU) where the peak is known (GPU/TPU, or --peak_tflops).
 

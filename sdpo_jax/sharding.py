@@ -47,14 +47,16 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> M
     free = [k for k, v in sizes.items() if v == -1]
     for k, v in sizes.items():
         if v != -1 and (not isinstance(v, int) or v < 1):
-            raise MeshError(f"mesh.{k}={v!r}: each mesh axis must be a positive int or -1 (the rest).")
+            raise MeshError(
+                f"mesh.{k}={v!r}: each mesh axis must be a positive int or -1 (the rest).")
     if len(free) > 1:
         raise MeshError(f"mesh {sizes}: at most one axis may be -1 (the rest of the {n} devices).")
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if free:
         if n % fixed:
             raise MeshError(
-                f"mesh data={data} fsdp={fsdp} tensor={tensor}: the fixed axes multiply to {fixed}, "
+                f"mesh data={data} fsdp={fsdp} tensor={tensor}: the fixed axes multiply to "
+                f"{fixed}, "
                 f"which does not divide the {n} devices; pick sizes whose product divides {n}.")
         sizes[free[0]] = n // fixed
     if math.prod(sizes.values()) != n:

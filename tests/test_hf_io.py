@@ -35,7 +35,8 @@ def test_config_translation_round_trips(family):
     if family == "llama3":
         assert dict(cfg.rope_scaling)["rope_type"] == "llama3"
     if family == "olmo3":
-        assert cfg.layer_types == ("sliding_attention", "full_attention") and cfg.sliding_window == 8
+        assert cfg.layer_types == ("sliding_attention", "full_attention")
+        assert cfg.sliding_window == 8
 
 
 def test_v4_style_config_json_is_read():

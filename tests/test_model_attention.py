@@ -1,5 +1,6 @@
 """Attention variants: blockwise (forward and custom VJP) and the cuDNN routing equal the plain
-path; the blockwise forward's memory does not grow like T^2; fused kernels fail clearly off-platform."""
+path; the blockwise forward's memory does not grow like T^2; fused kernels fail clearly
+off-platform."""
 
 import functools
 

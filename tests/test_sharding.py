@@ -1,7 +1,6 @@
 """Mesh construction, logical-axis rules, and sharded forward == unsharded (8 fake CPU devices)."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -55,7 +54,8 @@ def test_param_shardings_follow_the_rules(fsdp, tensor):
     mesh = make_mesh(data=1, fsdp=fsdp, tensor=tensor)
     shardings = sharding.param_shardings(CFG, mesh)
     flat = jax.tree_util.tree_leaves_with_path(shardings)
-    assert len(flat) == len(jax.tree.leaves(param_shapes(CFG), is_leaf=lambda x: isinstance(x, tuple)))
+    shapes = jax.tree.leaves(param_shapes(CFG), is_leaf=lambda x: isinstance(x, tuple))
+    assert len(flat) == len(shapes)
     for path, s in flat:
         keys = tuple(k.key for k in path)
         assert s.mesh is mesh
@@ -114,7 +114,8 @@ def test_init_params_directly_sharded():
 
 def test_distributed_init_only_on_multi_process_launches(monkeypatch):
     """maybe_initialize_distributed does nothing on a single-process launch and calls
-    jax.distributed.initialize (with the coordinator from the environment) on a multi-process one."""
+    jax.distributed.initialize (with the coordinator from the environment) on a multi-process
+    one."""
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
     for key in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES",

@@ -41,7 +41,8 @@ def plain_attention(q_btnh, k_bskh, v_bskh, kv_valid_bs, *, q_offset=0, window=N
     scores = jnp.einsum("btkgh,bskh->bkgts", q_btkgh, k_bskh,
                         preferred_element_type=jnp.float32) / math.sqrt(h)
     q_idx = q_offset + jnp.arange(t, dtype=jnp.int32)
-    mask_bts = _visible(q_idx, jnp.arange(s, dtype=jnp.int32), window)[None] & kv_valid_bs[:, None, :]
+    visible_ts = _visible(q_idx, jnp.arange(s, dtype=jnp.int32), window)
+    mask_bts = visible_ts[None] & kv_valid_bs[:, None, :]
     scores = jnp.where(mask_bts[:, None, None], scores, MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1)
     out = jnp.einsum("bkgts,bskh->btkgh", probs.astype(v_bskh.dtype), v_bskh,
@@ -127,7 +128,7 @@ def _flash_forward(q, k, v, valid, q_offset, window, bq, bk, scale):
             j = j_lo + r
 
             def compute(carry):
-                o, m, l = carry
+                o, m, row_sum = carry
                 k_j = jax.lax.dynamic_index_in_dim(k_blocks, j, keepdims=False)
                 v_j = jax.lax.dynamic_index_in_dim(v_blocks, j, keepdims=False)
                 valid_j = jax.lax.dynamic_index_in_dim(valid_blocks, j, keepdims=False)
@@ -136,10 +137,10 @@ def _flash_forward(q, k, v, valid, q_offset, window, bq, bk, scale):
                 m_new = jnp.maximum(m, s.max(-1))
                 correction = jnp.exp(m - m_new)
                 p = jnp.exp(s - m_new[..., None])
-                l = l * correction + p.sum(-1)
+                row_sum = row_sum * correction + p.sum(-1)
                 pv = jnp.einsum("bkgqs,bskh->bkgqh", p.astype(v_j.dtype), v_j,
                                 preferred_element_type=jnp.float32)
-                return o * correction[..., None] + pv, m_new, l
+                return o * correction[..., None] + pv, m_new, row_sum
 
             needed = (j < nk) & _tile_needed(i, j, q_offset, window, bq, bk)
             return jax.lax.cond(needed, compute, lambda c: c, carry), None
@@ -147,10 +148,10 @@ def _flash_forward(q, k, v, valid, q_offset, window, bq, bk, scale):
         init = (jnp.zeros((b, k_heads, g, bq, h), jnp.float32),
                 jnp.full((b, k_heads, g, bq), MASK_VALUE, jnp.float32),
                 jnp.zeros((b, k_heads, g, bq), jnp.float32))
-        (o, m, l), _ = jax.lax.scan(kv_step, init, jnp.arange(n_iter))
-        l = jnp.where(l == 0, 1.0, l)
-        out = jnp.einsum("bkgqh->bqkgh", o / l[..., None]).astype(q.dtype)
-        return out, m + jnp.log(l)
+        (o, m, row_sum), _ = jax.lax.scan(kv_step, init, jnp.arange(n_iter))
+        row_sum = jnp.where(row_sum == 0, 1.0, row_sum)
+        out = jnp.einsum("bkgqh->bqkgh", o / row_sum[..., None]).astype(q.dtype)
+        return out, m + jnp.log(row_sum)
 
     nq = q_blocks.shape[0]
     out_blocks, lse = jax.lax.map(one_q_block, (jnp.arange(nq), q_blocks))

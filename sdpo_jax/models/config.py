@@ -1,4 +1,5 @@
-"""`ModelConfig`: the static description of one decoder, and its translation from/to HF `config.json`.
+"""`ModelConfig`: the static description of one decoder, and its translation from/to HF
+`config.json`.
 
 One config covers the supported families; the family only decides defaults in `config_from_hf`:
 
@@ -93,7 +94,8 @@ class ModelConfig:
         if self.qkv_bias is None:
             set_("qkv_bias", self.model_type == "qwen2")
         if self.qk_norm is None:
-            set_("qk_norm", "per_head" if self.model_type == "qwen3" else "full" if olmo else "none")
+            qk_norm = "per_head" if self.model_type == "qwen3" else "full" if olmo else "none"
+            set_("qk_norm", qk_norm)
         if self.norm_placement is None:
             set_("norm_placement", "post" if olmo else "pre")
         set_("rope_scaling", _freeze(self.rope_scaling) if self.rope_scaling else None)
@@ -331,5 +333,6 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         raise ModelConfigError("qwen2 always has q/k/v biases; export with qkv_bias=True.")
     if cfg.model_type == "qwen3" and cfg.qk_norm != "per_head" or (
             cfg.model_type in ("olmo2", "olmo3") and cfg.qk_norm != "full"):
-        raise ModelConfigError(f"model_type={cfg.model_type!r} cannot export qk_norm={cfg.qk_norm!r}.")
+        raise ModelConfigError(
+            f"model_type={cfg.model_type!r} cannot export qk_norm={cfg.qk_norm!r}.")
     return hf

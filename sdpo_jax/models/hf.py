@@ -53,7 +53,8 @@ def _hf_names(cfg: ModelConfig) -> list[tuple[str, int | None, str]]:
         "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight",
     }
     if cfg.norm_placement == "pre":
-        per_layer.update(attn_norm="input_layernorm.weight", mlp_norm="post_attention_layernorm.weight")
+        per_layer.update(attn_norm="input_layernorm.weight",
+                         mlp_norm="post_attention_layernorm.weight")
     else:
         per_layer.update(post_attn_norm="post_attention_layernorm.weight",
                          post_mlp_norm="post_feedforward_layernorm.weight")

@@ -1,4 +1,4 @@
-"""One decoder for Qwen2/2.5, Qwen3, Llama 3.x, OLMo 2 and OLMo 3: pure functions over a params dict.
+"""One decoder for Qwen2/2.5, Qwen3, Llama 3.x, OLMo 2 and OLMo 3: pure functions over params.
 
 Parameter layout (every layer tensor stacked on a leading axis L, whatever `scan_layers` says):
 
@@ -170,7 +170,8 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: tuple | dict | None,
         extrapolation = 1 - ramp
         inv = (inv / factor) * (1 - extrapolation) + inv * extrapolation
     elif rope_type != "default":
-        raise ValueError(f"rope_type={rope_type!r} is not supported (default, linear, llama3, yarn)")
+        raise ValueError(f"rope_type={rope_type!r} is not supported "
+                         "(default, linear, llama3, yarn)")
     return inv.astype(np.float32), float(attention_factor)
 
 
@@ -236,7 +237,9 @@ def _qkv(cfg: ModelConfig, lp: dict, x_btd, tables, sliding):
     k = jnp.einsum("btd,dkh->btkh", h_btd, lp["k"].astype(cdt))
     v = jnp.einsum("btd,dkh->btkh", h_btd, lp["v"].astype(cdt))
     if cfg.qkv_bias:
-        q, k, v = q + lp["q_bias"].astype(cdt), k + lp["k_bias"].astype(cdt), v + lp["v_bias"].astype(cdt)
+        q = q + lp["q_bias"].astype(cdt)
+        k = k + lp["k_bias"].astype(cdt)
+        v = v + lp["v_bias"].astype(cdt)
     if cfg.qk_norm == "per_head":
         q = _rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
         k = _rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
