@@ -93,7 +93,7 @@ def pass_at_k(num_samples: int, num_correct: int, k: int) -> float:
     if n - c < k:
         return 1.0
     log_fail = float(np.sum(np.log1p(-k / np.arange(n - c + 1, n + 1, dtype=np.float64))))
-    return float(-np.expm1(log_fail))
+    return float(0.0 - np.expm1(log_fail))
 
 
 def pass_at_k_curve(num_samples: int, num_correct: np.ndarray | int, ks: Sequence[int]) -> np.ndarray:
@@ -114,7 +114,7 @@ def pass_at_k_curve(num_samples: int, num_correct: np.ndarray | int, ks: Sequenc
         terms_ik = np.where(ks[None, :] < remaining_i[:, None],
                             np.log1p(-ks[None, :] / remaining_i[:, None]), -np.inf)
     log_ratio_ck = np.concatenate([np.zeros((1, ks.size)), np.cumsum(terms_ik, axis=0)])  # [c_max+1, K]
-    return -np.expm1(log_ratio_ck[c])
+    return 0.0 - np.expm1(log_ratio_ck[c])  # 0.0 - x: no negative zeros
 
 
 # ------------------------------------------------------------------------------- curves + bootstrap
