@@ -57,7 +57,8 @@ def main() -> None:
     completions = [f"```python\n{r['prompt']}{r['canonical_solution']}\n```" for r in records]
     workers = args.workers or default_num_workers()
     isolation = sandbox.detect_isolation()
-    print(f"machine: {os.cpu_count()} cpus ({len(os.sched_getaffinity(0))} usable), {_cpu_model()}; "
+    usable = len(os.sched_getaffinity(0))
+    print(f"machine: {os.cpu_count()} cpus ({usable} usable), {_cpu_model()}; "
           f"python {platform.python_version()}; load avg {os.getloadavg()[0]:.1f}")
     print(f"sandbox: {isolation}; {len(problems)} HumanEval canonical solutions; "
           f"pool of {workers} workers")

@@ -62,7 +62,8 @@ def test_humaneval_canonical_pass_and_broken_fail(scorer, humaneval):
     bad = [fenced(_broken(r)) for r in records]
     scores, stats = scorer.score(problems + problems, good + bad)
     assert stats["crashes"] == stats["timeouts"] == stats["errors"] == 0, stats
-    failed_good = [(r["task_id"], s.feedback) for r, s in zip(records, scores[:164]) if s.reward != 1]
+    failed_good = [(r["task_id"], s.feedback) for r, s in zip(records, scores[:164])
+                   if s.reward != 1]
     assert failed_good == []
     for r, s in zip(records, scores[164:]):
         assert s.reward == 0.0, r["task_id"]
@@ -163,10 +164,12 @@ def test_bad_format_and_truncation(lcb):
     """No fenced block -> the official format error; truncated -> the truncated-attempt text."""
     p, _ = lcb
     s = code.score(p, "print(1)")
-    assert s.reward == 0.0 and s.feedback == code.FORMAT_ERROR and s.info["verdict"] == "format_error"
+    assert s.reward == 0.0 and s.feedback == code.FORMAT_ERROR
+    assert s.info["verdict"] == "format_error"
     s = code.score(p, "```python\nprint(", truncated=True)
     assert s.feedback == code.TRUNCATED
-    assert code.extract_code("```py\nshort\n```\n```python\nthe longer one\n```") == "the longer one\n"
+    two_blocks = "```py\nshort\n```\n```python\nthe longer one\n```"
+    assert code.extract_code(two_blocks) == "the longer one\n"
 
 
 FUNC_OK = """from typing import List
@@ -190,7 +193,8 @@ def test_lcb_call_based(lcb):
     s = code.score(p, fenced(FUNC_OK.replace("n = len(nums)", "n = len(nums) // (len(nums) - 1)")))
     assert s.feedback.startswith("Runtime Error\nZeroDivisionError: integer division or modulo")
     assert s.feedback.endswith("Last Executed Input\n[1]\n5")
-    s = code.score(p, fenced(FUNC_OK.replace("n = len(nums)", "n = len(nums)\n        while target == -2: pass")))
+    slow = FUNC_OK.replace("n = len(nums)", "n = len(nums)\n        while target == -2: pass")
+    s = code.score(p, fenced(slow))
     assert s.feedback == "Time Limit Exceeded\n\nLast Executed Input\n[-6, 2, 5, -2, -7, -1, 3]\n-2"
 
 
@@ -222,8 +226,8 @@ def test_problem_without_tests_is_rejected():
 def test_split_tests_for_training():
     """The paper's split: a seeded half (at least one) of each problem's tests, in order,
     deterministic per (seed, id); different seeds give different halves."""
-    p = {"id": "p", "question": "q", "tests": {"type": "stdin", "inputs": [str(i) for i in range(10)],
-                                               "outputs": [str(i) for i in range(10)]}}
+    ten = [str(i) for i in range(10)]
+    p = {"id": "p", "question": "q", "tests": {"type": "stdin", "inputs": ten, "outputs": ten}}
     a = code.split_tests_for_training(p, seed=0)
     assert a == code.split_tests_for_training(p, seed=0)
     assert len(a["tests"]["inputs"]) == 5 and a["tests"]["inputs"] == a["tests"]["outputs"]

@@ -17,7 +17,8 @@ from sdpo_jax.envs import Scorer, sandbox
 KINDS = [k for k in ("ns-root", "ns-user") if sandbox.probe(k)[0]]
 pytestmark = pytest.mark.skipif(not KINDS, reason="no namespace sandbox on this host")
 OK_PROBLEM = {"id": "hostile", "question": "print ok",
-              "tests": {"type": "stdin", "inputs": ["\n"], "outputs": ["ok\n"]}, "time_limit_s": 2.0}
+              "tests": {"type": "stdin", "inputs": ["\n"], "outputs": ["ok\n"]},
+              "time_limit_s": 2.0}
 CHECK_PROBLEM = {"id": "hostile-check", "question": "add",
                  "tests": {"type": "check", "entry_point": "add", "context": "",
                            "check": "def check(candidate):\n    assert candidate(2, 3) == 5\n"

@@ -71,12 +71,14 @@ def get_env(name_or_path: str | types.ModuleType | Any):
                 f"not importable ({e}); give a module path like 'my_pkg.my_env'") from e
         if attr:
             if not hasattr(env, attr):
-                raise ValueError(f"env {name_or_path!r}: module {module_name} has no attribute {attr!r}")
+                raise ValueError(f"env {name_or_path!r}: module {module_name} has no attribute "
+                                 f"{attr!r}")
             env = getattr(env, attr)
     for needed in ("score", "build_prompt"):
         if not callable(getattr(env, needed, None)):
-            raise ValueError(f"env {name_or_path!r} has no callable {needed}(); an environment needs "
-                             "score(problem, completion, *, truncated=False) and build_prompt(problem)")
+            raise ValueError(f"env {name_or_path!r} has no callable {needed}(); an environment "
+                             "needs score(problem, completion, *, truncated=False) and "
+                             "build_prompt(problem)")
     return env
 
 
@@ -218,7 +220,8 @@ class Scorer:
         json.dumps(self.env_options)  # must cross to the workers as JSON
         if callable(getattr(env, "check_ready", None)):
             env.check_ready(**self.env_options)
-        self.num_workers = int(num_workers) if num_workers and num_workers > 0 else default_num_workers()
+        self.num_workers = (int(num_workers) if num_workers and num_workers > 0
+                            else default_num_workers())
         self.timeout_s = float(timeout_s)
         self._workers: list[_Worker | None] = [None] * self.num_workers
         self._started = [False] * self.num_workers
@@ -286,7 +289,8 @@ class Scorer:
                     continue
                 i = pending.pop()
                 if isinstance(encoded[keys[i]], Exception):
-                    fail(i, "errors", "Scoring failed: the problem is not JSON.", str(encoded[keys[i]]))
+                    fail(i, "errors", "Scoring failed: the problem is not JSON.",
+                         str(encoded[keys[i]]))
                     continue
                 restarts_before = self.totals["restarts"]
                 w = self._worker(wi)

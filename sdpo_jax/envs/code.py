@@ -154,7 +154,8 @@ def score(problem: dict, completion: str, *, truncated: bool = False, unsafe: bo
     job = {"mode": "stdio" if kind == "stdin" else kind, "code": code, "time_limit_s": limit,
            "total_time_s": float(total_time_s)}
     if kind == "stdin":
-        job["tests"] = [{"input": x, "output": y} for x, y in zip(tests["inputs"], tests["outputs"])]
+        job["tests"] = [{"input": x, "output": y}
+                        for x, y in zip(tests["inputs"], tests["outputs"])]
     elif kind == "functional":
         job["fn_name"] = tests["fn_name"]
         job["tests"] = [{"args": _parse_args(x), "output": json.loads(y)}
@@ -322,7 +323,8 @@ def from_livecodebench(row: dict, *, use_public: bool = False) -> dict:
     starter = row.get("starter_code") or ""
     if starter.strip():
         signature = "def " + starter.split("def ", 1)[1].split("Input\n")[0].strip()
-        question += f"\n\nYour solution should have the following signature: ```python\n{signature}\n```"
+        question += ("\n\nYour solution should have the following signature: "
+                     f"```python\n{signature}\n```")
     metadata = row.get("metadata") or "{}"
     metadata = json.loads(metadata) if isinstance(metadata, str) and metadata.strip() else {}
     try:

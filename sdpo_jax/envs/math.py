@@ -54,7 +54,8 @@ def is_equivalent(pred: str, answer: str) -> bool:
     in_main = threading.current_thread() is threading.main_thread()
     timeout = VERIFY_TIMEOUT_S if in_main else None
     try:
-        gold = parse("\\boxed{" + answer + "}", parsing_timeout=timeout) or parse(answer, parsing_timeout=timeout)
+        gold = (parse("\\boxed{" + answer + "}", parsing_timeout=timeout)
+                or parse(answer, parsing_timeout=timeout))
         guess = parse("\\boxed{" + pred + "}", parsing_timeout=timeout)
         return bool(gold and guess and verify(gold, guess, timeout_seconds=timeout))
     except Exception:  # noqa: BLE001 - math-verify raises on odd input and on its timeout
@@ -90,7 +91,8 @@ def score(problem: dict, completion: str, *, truncated: bool = False, feedback: 
         text = FORMAT_FEEDBACK
     elif correctness_feedback and not correct:
         text = f"Your answer is incorrect. The correct answer is {problem['answer']}."
-    info = {"pred": (pred or "")[:200], "incorrect_format": bad_format, "truncated": bool(truncated)}
+    info = {"pred": (pred or "")[:200], "incorrect_format": bad_format,
+            "truncated": bool(truncated)}
     return Score(1.0 if correct else 0.0, text, info)
 
 

@@ -28,7 +28,8 @@ For the answer, only output the letter corresponding to the correct option (A, B
 A
 </answer>
 """
-FORMAT_FEEDBACK = "Your answer had the wrong format. End with <answer>X</answer>, X the option letter."
+FORMAT_FEEDBACK = ("Your answer had the wrong format. End with <answer>X</answer>, X the option "
+                   "letter.")
 _FORMAT = re.compile(r"<answer>\s*([A-Z])\s*</answer>\s*$")
 
 
@@ -52,7 +53,8 @@ def validate_problem(problem: dict) -> None:
         raise ValueError(f"mcq problem {pid}: field 'question' must be a non-empty string")
     answer = problem.get("answer")
     if not isinstance(answer, str) or not re.fullmatch(r"[A-Z]", answer):
-        raise ValueError(f"mcq problem {pid}: field 'answer' must be one option letter, got {answer!r}")
+        raise ValueError(f"mcq problem {pid}: field 'answer' must be one option letter, "
+                         f"got {answer!r}")
 
 
 def score(problem: dict, completion: str, *, truncated: bool = False,
@@ -68,15 +70,18 @@ def score(problem: dict, completion: str, *, truncated: bool = False,
 
 def from_sciknoweval(row: dict) -> dict:
     """A `hicai-zju/SciKnowEval` row ({"question", "choices": {"text", "label"}, "answerKey"}) or an
-    SDPO-formatted one ({"prompt", "answer", "system"}) -> an MCQ problem with the official prompt."""
+    SDPO-formatted one ({"prompt", "answer", "system"}) -> an MCQ problem with the official
+    prompt."""
     if not isinstance(row, dict):
         raise ValueError(f"SciKnowEval row must be an object, got {type(row).__name__}")
     if "choices" in row:
         choices = row["choices"]
-        if not isinstance(choices, dict) or len(choices.get("text", [])) != len(choices.get("label", [])):
+        texts = choices.get("text") if isinstance(choices, dict) else None
+        labels = choices.get("label") if isinstance(choices, dict) else None
+        if not isinstance(texts, list) or not isinstance(labels, list) or len(texts) != len(labels):
             raise ValueError(f"SciKnowEval row {row.get('id', '?')}: 'choices' needs equal-length "
                              "'text' and 'label' lists")
-        options = "\n".join(f"{lab}: {txt}" for lab, txt in zip(choices["label"], choices["text"]))
+        options = "\n".join(f"{lab}: {txt}" for lab, txt in zip(labels, texts))
         question = f"{row['question']}\n\n{options}\nPlease reason step by step."
         answer, system = row.get("answerKey"), SYSTEM_PROMPT
     else:

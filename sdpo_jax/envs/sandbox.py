@@ -1,4 +1,4 @@
-"""A sandbox for model-written code: namespaces + an unprivileged uid + rlimits, judged from outside.
+"""A sandbox for model-written code: namespaces, an unprivileged uid, rlimits; judged outside.
 
 Why not just rlimits: a process with the trainer's uid can kill the trainer, read its environment
 through /proc, connect to its sockets and write wherever the trainer may; RLIMIT_NPROC does not bind

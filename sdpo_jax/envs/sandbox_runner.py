@@ -41,7 +41,7 @@ def _traceback():
 
 
 def short_trace(exc, limit=3):
-    """The exception type and message, then up to `limit` frames from Solution.py (LeetCode style)."""
+    """The exception type and message, then up to `limit` Solution.py frames (LeetCode style)."""
     traceback = _traceback()
     try:
         msg = str(exc)

@@ -96,7 +96,8 @@ def validate_problem(problem: dict) -> None:
         raise ValueError(f"synthetic problem must be a dict, got {type(problem).__name__}")
     digits = problem.get("digits")
     if not isinstance(digits, str) or not digits.isdigit():
-        raise ValueError(f"synthetic problem {pid}: field 'digits' must be a non-empty digit string")
+        raise ValueError(f"synthetic problem {pid}: field 'digits' must be a non-empty digit "
+                         "string")
     ops = problem.get("ops")
     if not isinstance(ops, list) or not ops or any(op not in OPS for op in ops):
         raise ValueError(f"synthetic problem {pid}: field 'ops' must be a non-empty list of "
@@ -140,7 +141,8 @@ def score(problem: dict, completion: str, *, truncated: bool = False) -> Score:
         shown = completion.strip()
         shown = shown[:40] + ("..." if len(shown) > 40 else "")
         if not truncated:
-            notes.append(f"Format error: answer with digits only, like 1 2 3 or 123; got {shown!r}.")
+            notes.append("Format error: answer with digits only, like 1 2 3 or 123; "
+                         f"got {shown!r}.")
         return Score(0.0, " ".join(notes), {**info, "format_ok": False, "correct_positions": 0})
     correct = sum(a == b for a, b in zip(answer, expected))
     info.update(format_ok=True, correct_positions=correct, answer_len=len(answer))

@@ -105,7 +105,8 @@ def from_toolalpaca(row: dict) -> dict:
         try:
             answer = json.loads(answer)
         except ValueError as e:
-            raise ValueError(f"ToolAlpaca row {row.get('idx', '?')}: 'answer' is not JSON ({e})") from e
+            raise ValueError(f"ToolAlpaca row {row.get('idx', '?')}: 'answer' is not JSON "
+                             f"({e})") from e
     pid = str(row.get("id") or row.get("idx")
               or "tooluse-" + hashlib.sha1(question.encode()).hexdigest()[:12])
     system = row.get("system")
