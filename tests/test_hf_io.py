@@ -178,6 +178,20 @@ def test_missing_and_misshaped_tensors(tmp_path):
         load_pretrained(path)
 
 
+def test_tying_read_from_the_weights_when_config_is_silent(tmp_path):
+    """A config.json without tie_word_embeddings (its default differs between transformers
+    versions) is tied exactly when the checkpoint has no lm_head.weight."""
+    for tied in (True, False):
+        path = tiny_model_dir(tmp_path / str(tied), "qwen2", tied=tied)
+        with open(os.path.join(path, "config.json")) as f:
+            hf = json.load(f)
+        hf.pop("tie_word_embeddings", None)
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(hf, f)
+        cfg, params = load_pretrained(path)
+        assert cfg.tie_word_embeddings == tied and ("lm_head" in params) == (not tied)
+
+
 def test_missing_files(tmp_path):
     """A directory without config.json, or without safetensors, says what is missing."""
     with pytest.raises(CheckpointError, match="no config.json"):

@@ -232,6 +232,9 @@ def load_pretrained(path: str, *, mesh=None, dtype: str | None = None,
         hf_config = json.load(f)
     if dtype is not None:
         config_overrides["param_dtype"] = dtype
+    index = _checkpoint_index(path)
+    if "tie_word_embeddings" not in hf_config:  # the default differs across transformers versions
+        hf_config = dict(hf_config, tie_word_embeddings="lm_head.weight" not in index)
     cfg = config_from_hf(hf_config, **config_overrides)
     np_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
 
@@ -241,7 +244,6 @@ def load_pretrained(path: str, *, mesh=None, dtype: str | None = None,
         shardings = param_shardings(cfg, mesh)
     default = SingleDeviceSharding(jax.devices()[0])
 
-    index = _checkpoint_index(path)
     shapes = param_shapes(cfg)
     files: dict[str, _SafetensorsFile] = {}
     flat: dict[str, Any] = {}
