@@ -277,12 +277,11 @@ def run(cfg) -> int:
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     model_cfg, params = build_model(cfg, tokenizer, mesh)
     env = envs_lib.get_env(cfg.env.name)
-    if hasattr(env, "check_ready"):
-        env.check_ready(unsafe=cfg.env.unsafe_allow_no_sandbox)
     eos_ids = tuple(sorted({tokenizer.eos_token_id, *([model_cfg.eos_token_id] if isinstance(model_cfg.eos_token_id, int)
                                                       else list(model_cfg.eos_token_id or ()))}))
     scorer = envs_lib.base.Scorer(cfg.env.name, num_workers=cfg.env.num_workers or None,
-                                  timeout_s=cfg.env.timeout_s)
+                                  timeout_s=cfg.env.timeout_s,
+                                  env_options={"unsafe": cfg.env.unsafe_allow_no_sandbox})
     settings = step_settings(cfg)
     run_ = Run(cfg, mesh, tokenizer, model_cfg, env, scorer.score, settings, eos_ids)
     logger = MetricsLogger(cfg.run_dir, total_steps=cfg.train.steps, enabled=is_main,
