@@ -123,13 +123,22 @@ def shard_params(params: Any, shardings: Any) -> Any:
     return jax.tree.map(jax.device_put, params, shardings)
 
 
-def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
-    """`with_sharding_constraint` by logical names under `jax.set_mesh`; a no-op without a mesh."""
+def context_mesh_shape() -> dict[str, int]:
+    """{axis: size} of the `jax.set_mesh` context, without Manual axes (inside shard_map);
+    {} when there is no mesh context."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
+        return {}
+    return {name: size for (name, size), kind in zip(mesh.shape.items(), mesh.axis_types)
+            if kind != AxisType.Manual}
+
+
+def constrain(x: jax.Array, logical_axes: tuple) -> jax.Array:
+    """`with_sharding_constraint` by logical names under `jax.set_mesh`; a no-op without a mesh."""
+    mesh_shape = context_mesh_shape()
+    if not any(size > 1 for size in mesh_shape.values()):
         return x
-    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape,
-                                                               dict(mesh.shape)))
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh_shape))
 
 
 def _is_multi_process_launch() -> bool:

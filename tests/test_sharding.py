@@ -134,3 +134,20 @@ def test_distributed_init_only_on_multi_process_launches(monkeypatch):
     assert sharding.maybe_initialize_distributed() is True
     assert calls[-1] == {"coordinator_address": "10.0.0.1:1234", "num_processes": 2,
                          "process_id": 1}
+
+
+def test_model_runs_inside_a_partial_shard_map():
+    """Inside shard_map over `data` (Manual) with `fsdp` still Auto, the model's activation
+    constraints skip the manual axis and the result equals the plain forward."""
+    cfg = CFG.replace(num_layers=1)
+    params = init_params(cfg, jax.random.key(0))
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (8, 16)).astype(np.int32)
+    mask = np.ones((8, 16), bool)
+    ref = jax.jit(lambda p, i, m: forward(cfg, p, i, m))(params, ids, mask)
+    mesh = make_mesh(data=2, fsdp=4, tensor=1)
+    with jax.set_mesh(mesh):
+        per_shard = jax.shard_map(lambda p, i, m: forward(cfg, p, i, m), mesh=mesh,
+                                  in_specs=(P(), P("data"), P("data")), out_specs=P("data"),
+                                  axis_names={"data"}, check_vma=False)
+        got = jax.jit(per_shard)(params, ids, mask)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)

@@ -229,20 +229,20 @@ def _per_shard(fn, q_btnh, k_btkh, v_btkh, valid_bt):
     """Run a fused kernel per device under `jax.set_mesh`: batch over (data, fsdp), heads over
     `tensor` when the KV heads divide it (else replicated). Without a mesh context: a plain call.
     Custom kernels have no SPMD partitioning rule, so this keeps XLA from gathering their inputs."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return fn(q_btnh, k_btkh, v_btkh, valid_bt)
     from jax.sharding import PartitionSpec as P
 
-    from sdpo_jax.sharding import logical_to_spec
+    from sdpo_jax.sharding import context_mesh_shape, logical_to_spec
 
-    sizes = dict(mesh.shape)
+    sizes = context_mesh_shape()
+    if not any(size > 1 for size in sizes.values()):
+        return fn(q_btnh, k_btkh, v_btkh, valid_bt)
     b, k_heads = q_btnh.shape[0], k_btkh.shape[2]
     batch = logical_to_spec(("batch",), (b,), sizes)[0]
     heads = logical_to_spec(("kv_heads",), (k_heads,), sizes)[0]
     spec = P(batch, None, heads, None)
-    return jax.shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec, P(batch, None)),
-                         out_specs=spec, check_vma=False)(q_btnh, k_btkh, v_btkh, valid_bt)
+    return jax.shard_map(fn, mesh=jax.sharding.get_abstract_mesh(), axis_names=set(sizes),
+                         in_specs=(spec, spec, spec, P(batch, None)), out_specs=spec,
+                         check_vma=False)(q_btnh, k_btkh, v_btkh, valid_bt)
 
 
 def cudnn_attention(q_btnh, k_btkh, v_btkh, kv_valid_bt, *, window=None, implementation="cudnn"):
