@@ -123,7 +123,8 @@ def test_fused_kernels_fail_clearly_off_platform():
 
 def test_blockwise_memory_at_16k_below_one_score_array():
     """The compiled forward of a 1-layer tiny model at T=16384 with blockwise attention uses less
-    temporary memory than ONE fp32 [heads, T, T] score array (the plain path needs several)."""
+    temporary memory than ONE fp32 [heads, T, T] score array (the plain path needs more), and so
+    does its gradient."""
     t = 16384
     cfg = ModelConfig(model_type="qwen3", vocab_size=256, hidden_size=32, num_layers=1,
                       num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=64,
@@ -139,6 +140,10 @@ def test_blockwise_memory_at_16k_below_one_score_array():
     blockwise = temp_bytes(cfg)
     assert blockwise < one_scores / 8, (blockwise, one_scores)
     assert temp_bytes(cfg.replace(attention_impl="plain")) >= one_scores  # the test can fail
+    # the custom VJP recomputes tiles: the backward pass stays linear in T as well
+    grad = jax.jit(jax.grad(lambda p, i, m: forward(cfg, p, i, m)[..., 0].sum()))
+    backward = grad.lower(params, ids, ids).compile().memory_analysis().temp_size_in_bytes
+    assert backward < one_scores / 8, (backward, one_scores)
 
 
 def test_model_grads_blockwise_scan_remat_equal_plain():
