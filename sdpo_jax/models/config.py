@@ -289,7 +289,7 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
-    """The `config.json` dict (transformers v4 field names, which v5 also reads) for `cfg`."""
+    """The `config.json` dict for `cfg`, readable by transformers v4 and v5."""
     hf = {
         "architectures": [_ARCHITECTURES[cfg.model_type]],
         "model_type": cfg.model_type,
@@ -315,6 +315,9 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "torch_dtype": cfg.param_dtype,
     }
     full = {"rope_type": "default", "rope_theta": cfg.rope_theta, **rope_dict(cfg.rope_scaling)}
+    # v4 readers look at rope_theta / rope_scaling; v5 at rope_parameters (it accepts both)
+    hf["rope_theta"] = cfg.rope_theta
+    hf["rope_scaling"] = rope_dict(cfg.rope_scaling) or None
     if cfg.model_type == "olmo3":
         sliding = {"rope_type": "default",
                    "rope_theta": cfg.sliding_rope_theta or cfg.rope_theta,
