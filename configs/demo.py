@@ -17,7 +17,7 @@ def get_config():
 
     c.model.init.model_type = "qwen3"
     c.model.init.hidden_size = 128
-    c.model.init.num_layers = 4
+    c.model.init.num_layers = 2
     c.model.init.num_heads = 4
     c.model.init.num_kv_heads = 2
     c.model.init.head_dim = 32
@@ -44,13 +44,13 @@ def get_config():
     c.loss.alpha = 1.0  # reverse KL, as in the paper's rich-feedback runs
     c.teacher.kind = "ema"
     c.teacher.ema_rate = 0.05
-    c.optim.lr = 3e-4
+    c.optim.lr = 5e-4
     c.optim.warmup_steps = 0
 
     c.warm_start.steps = 300
     c.warm_start.lr = 3e-3
     c.warm_start.batch_size = 64
-    c.warm_start.feedback_fraction = 0.6
+    c.warm_start.feedback_fraction = 0.5
     c.checkpoint.warm_start_dir = "runs/demo_warm_start"
 
     c.train.steps = 60

@@ -211,9 +211,9 @@ class MetricsLogger:
     def _console(self, step: int, metrics: dict[str, Any]) -> None:
         if self._first_step is None:
             self._first_step, self._start = step, time.time()
-        done = step + 1
+        done = step  # steps are logged 1-based: step k = k generation batches done
         frac = min(done / max(self.total_steps, 1), 1.0)
-        per_step = (time.time() - self._start) / max(done - self._first_step, 1)
+        per_step = (time.time() - self._start) / max(done - self._first_step + 1, 1)
         eta = per_step * max(self.total_steps - done, 0)
         bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
         shown = " ".join(f"{k}={metrics[k]:.4g}" for k in self.keys_on_console

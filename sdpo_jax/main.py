@@ -26,7 +26,11 @@ _EXPORT_HF_ONLY = flags.DEFINE_string(
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging as absl_logging
+
     from sdpo_jax import config as config_lib
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax / grain INFO lines drown the progress
 
     cfg = _CONFIG.value
     try:

@@ -269,6 +269,20 @@ def _host_scalar_metrics(tree) -> dict:
     return out
 
 
+def report_compiled(train_step, settings, state, batch, mesh) -> None:
+    """Compile counts of the jitted programs and the train step's compiled memory (start-up report)."""
+    counts = {"prefill": sampling._prefill._cache_size(), "decode": sampling._decode._cache_size(),
+              "train_step": train_step.jitted._cache_size()}
+    index = ts.minibatch_row_indices(np.asarray(batch.group_ids), settings.minibatch_groups,
+                                     max(1, ts.data_parallel_size(mesh) * settings.micro_batches // jax.process_count()))
+    first = ts._put(ts._take_rows(ts.canonical_batch(jax.tree.map(np.asarray, batch)), index[0]), mesh)
+    with jax.set_mesh(mesh):
+        memory = train_step.jitted.lower(state, first).compile().memory_analysis()
+    mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
+    log0(f"compiled programs: {counts}; train_step memory: arguments {mib(memory.argument_size_in_bytes)}, "
+         f"outputs {mib(memory.output_size_in_bytes)}, temporaries {mib(memory.temp_size_in_bytes)}")
+
+
 def run(cfg) -> int:
     """Train with the config; returns a process exit code (0 also after a SIGTERM-requested stop)."""
     is_main = jax.process_index() == 0
@@ -335,6 +349,8 @@ def run(cfg) -> int:
                 train_step, model_cfg, settings, state, batch, mesh=mesh, rng=jax.random.fold_in(key, 1))
             metrics = _host_scalar_metrics(step_metrics)
             time_update = time.time() - start
+            if step == start_step:
+                report_compiled(train_step, settings, state, batch, mesh)
             counters["skipped_nonfinite_total"] += int(metrics.get("skipped_nonfinite", 0) > 0)
             counters["nonfinite_in_a_row"] = counters["nonfinite_in_a_row"] + 1 if metrics.get("skipped_nonfinite", 0) else 0
             tokens = int(roll["lengths"].sum())

@@ -1,4 +1,5 @@
 """The demo's synthetic task: determinism, difficulty, exact-match reward, position feedback."""
+import pytest
 
 from sdpo_jax.envs import get_env, synthetic
 
@@ -42,14 +43,25 @@ def test_reward_is_exact_match_and_accepts_spaced_digits():
 
 
 def test_feedback_names_wrong_positions_and_length():
-    """Wrong digits are named by 1-based position with the expected digit; length mismatch said."""
+    """feedback_style="positions": wrong digits are named by 1-based position with the expected
+    digit; a length mismatch is said."""
     p = {"id": "x", "digits": "3814", "ops": ["reverse"]}
-    s = synthetic.score(p, "4813")
+    s = synthetic.score(p, "4813", feedback_style="positions")
     assert s.feedback == "Wrong answer 4813. Position 2 should be 1. Position 3 should be 8."
-    s = synthetic.score(p, "41")
+    s = synthetic.score(p, "41", feedback_style="positions")
     assert "2 digits; it should have 4" in s.feedback and "Missing at the end: 8 3" in s.feedback
-    s = synthetic.score(p, "41830")
+    s = synthetic.score(p, "41830", feedback_style="positions")
     assert "5 digits; it should have 4" in s.feedback
+
+
+def test_default_feedback_is_got_and_expected():
+    """Default feedback reads like a failing unit test: the answer given, the expected answer, the
+    wrong positions, and a length mismatch."""
+    p = {"id": "x", "digits": "3814", "ops": ["reverse"]}
+    assert synthetic.score(p, "4813").feedback == "Wrong answer 4813; expected 4183 (positions 2, 3 wrong)."
+    assert synthetic.score(p, "41").feedback == "Wrong answer 41; expected 4183, 2 digits instead of 4."
+    with pytest.raises(ValueError, match="feedback_style"):
+        synthetic.score(p, "41", feedback_style="verbose")
 
 
 def test_format_error_and_truncation_feedback():

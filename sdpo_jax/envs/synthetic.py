@@ -127,9 +127,15 @@ def parse_answer(completion: str) -> str | None:
     return "".join(tokens)
 
 
-def score(problem: dict, completion: str, *, truncated: bool = False) -> Score:
-    """Reward 1.0 iff the answer equals `expected_answer(problem)`; feedback names every wrong
-    position (1-based) with the digit expected there, and any length mismatch."""
+def score(problem: dict, completion: str, *, truncated: bool = False,
+          feedback_style: str = "expected") -> Score:
+    """Reward 1.0 iff the answer equals `expected_answer(problem)`. Feedback on a wrong answer, like a
+    failing unit test: `feedback_style="expected"` (default) shows the answer given, the expected one and
+    the wrong positions ("Wrong answer 4813; expected 4183 (positions 2, 3 wrong)."); "positions" names
+    each wrong position and the digit expected there ("Wrong answer 4813. Position 2 should be 1. ...")
+    and any length mismatch -- harder for a tiny model to use in context."""
+    if feedback_style not in ("expected", "positions"):
+        raise ValueError(f"synthetic feedback_style={feedback_style!r}: use 'expected' or 'positions'")
     expected = expected_answer(problem)
     answer = parse_answer(completion)
     info = {"expected_len": len(expected), "truncated": bool(truncated)}
@@ -148,12 +154,17 @@ def score(problem: dict, completion: str, *, truncated: bool = False) -> Score:
     info.update(format_ok=True, correct_positions=correct, answer_len=len(answer))
     if answer == expected:
         return Score(1.0, "", info)
+    wrong = [i + 1 for i, (a, e) in enumerate(zip(answer, expected)) if a != e]
+    if feedback_style == "expected":  # what a failing unit test says: got / expected
+        where = f" (positions {', '.join(map(str, wrong[:MAX_POSITION_NOTES]))} wrong)" if wrong else ""
+        length = f", {len(answer)} digits instead of {len(expected)}" if len(answer) != len(expected) else ""
+        notes.append(f"Wrong answer {answer}; expected {expected}{where}{length}.")
+        return Score(0.0, " ".join(notes), info)
     notes.append(f"Wrong answer {answer}.")
     if len(answer) != len(expected):
         notes.append(f"The answer has {len(answer)} digits; it should have {len(expected)}.")
-    wrong = [(i, e) for i, (a, e) in enumerate(zip(answer, expected)) if a != e]
-    for i, e in wrong[:MAX_POSITION_NOTES]:
-        notes.append(f"Position {i + 1} should be {e}.")
+    for i in wrong[:MAX_POSITION_NOTES]:
+        notes.append(f"Position {i} should be {expected[i - 1]}.")
     if len(wrong) > MAX_POSITION_NOTES:
         notes.append(f"({len(wrong) - MAX_POSITION_NOTES} more wrong positions.)")
     if len(answer) < len(expected):
