@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from sdpo_jax import losses
 
@@ -90,16 +91,22 @@ def student_vocab_pass(h_nd, w_dv, y_n, *, k: int, vocab_chunk: int | None):
         val, inside = _gather_in_chunk(z, y_n, start, lo, chunk)
         zy = jnp.where(inside, val, zy)
         if k:
-            cand_z, cand_i = jax.lax.top_k(z_masked, k_chunk)
+            # Select without gradient, then gather: the saved positions are all the backward pass needs.
+            cand_i = checkpoint_name(jax.lax.top_k(jax.lax.stop_gradient(z_masked), k_chunk)[1], "topk_chunk_idx")
+            cand_z = jnp.take_along_axis(z_masked, cand_i, axis=1)
             all_z = jnp.concatenate([top_z, cand_z], axis=1)
             all_i = jnp.concatenate([top_i, cand_i + start], axis=1)
-            top_z, pos = jax.lax.top_k(all_z, k)
+            pos = checkpoint_name(jax.lax.top_k(jax.lax.stop_gradient(all_z), k)[1], "topk_merge_pos")
+            top_z = jnp.take_along_axis(all_z, pos, axis=1)
             top_i = jnp.take_along_axis(all_i, pos, axis=1)
         return (m_new, l, ent, zy, top_z, top_i), None
 
     init = (jnp.full((n,), _NEG_INF, jnp.float32), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32),
             jnp.zeros((n,), jnp.float32), jnp.full((n, k), _NEG_INF, jnp.float32), jnp.zeros((n, k), jnp.int32))
-    body = jax.checkpoint(body, prevent_cse=False)
+    # Remat the chunk's logits, but keep the top-K positions (small) so the backward pass does not
+    # redo the top-K selections.
+    policy = jax.checkpoint_policies.save_only_these_names("topk_chunk_idx", "topk_merge_pos")
+    body = jax.checkpoint(body, prevent_cse=False, policy=policy)
     (m, l, ent, zy, top_z, top_i), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
     lse = m + jnp.log(l)
     entropy = jax.lax.stop_gradient(lse - ent / l)
