@@ -62,7 +62,7 @@ def truncation_mask(logits_bv: jax.Array, *, top_k: int, top_p: float) -> jax.Ar
 
 
 def _top_p_keep(sorted_vals_bk: jax.Array, top_p: float) -> jax.Array:
-    """For logits sorted in descending order: keep a token while the mass strictly before it < top_p."""
+    """Logits sorted in descending order: keep a token while the mass strictly before it < top_p."""
     if top_p >= 1.0:
         return jnp.ones(sorted_vals_bk.shape, bool)
     probs_bk = jax.nn.softmax(sorted_vals_bk, axis=-1)
@@ -70,37 +70,96 @@ def _top_p_keep(sorted_vals_bk: jax.Array, top_p: float) -> jax.Array:
     return (mass_before_bk < top_p).at[:, 0].set(True)
 
 
-def sample_token(scaled_bv: jax.Array, rng: jax.Array, *, top_k: int, top_p: float) -> jax.Array:
+_CDF_BLOCK = 128  # inverse-CDF sampling scans blocks of this many tokens, then one block
+
+
+def first_argmax(x_bv: jax.Array, max_b: jax.Array | None = None) -> jax.Array:
+    """argmax over the last axis (the first index among ties), int32 [B].
+
+    Two plain reductions (max, then the smallest index holding it): XLA:CPU vectorises these,
+    while `jnp.argmax`'s variadic (value, index) reduce runs several times slower.
+    """
+    if max_b is None:
+        max_b = x_bv.max(axis=-1)
+    vocab = x_bv.shape[-1]
+    index_bv = jax.lax.broadcasted_iota(jnp.int32, x_bv.shape, x_bv.ndim - 1)
+    first_b = jnp.min(jnp.where(x_bv == max_b[..., None], index_bv, vocab), axis=-1)
+    return jnp.minimum(first_b, vocab - 1)  # NaN rows: stay in range
+
+
+def inverse_cdf_sample(weights_bv: jax.Array, uniform_b: jax.Array) -> jax.Array:
+    """Index i with cumsum(w)[i-1] <= u * sum(w) < cumsum(w)[i], per row: a draw from w / sum(w).
+
+    `weights_bv` >= 0 with a positive sum; `uniform_b` in [0, 1). Blocked: cumulative sums over
+    blocks of `_CDF_BLOCK` tokens pick the block, a cumsum inside that block picks the token, so
+    the cost is one pass over [B, V] plus O(B * (V / block + block)). A zero-weight token is never
+    returned (both searches land on a strict increase; overflow from rounding falls back to the
+    last block / token with positive weight).
+    """
+    batch, vocab = weights_bv.shape
+    block = min(_CDF_BLOCK, vocab)
+    num_blocks = -(-vocab // block)
+    w_bnk = jnp.pad(weights_bv, ((0, 0), (0, num_blocks * block - vocab)))
+    w_bnk = w_bnk.reshape(batch, num_blocks, block)
+    block_sum_bn = w_bnk.sum(axis=-1)
+    block_cum_bn = jnp.cumsum(block_sum_bn, axis=-1)
+    target_b = uniform_b * block_cum_bn[:, -1]
+
+    def last_positive(w_bx):
+        index_bx = jax.lax.broadcasted_iota(jnp.int32, w_bx.shape, 1)
+        return jnp.max(jnp.where(w_bx > 0, index_bx, 0), axis=-1)
+
+    blk_b = jnp.sum(block_cum_bn <= target_b[:, None], axis=-1, dtype=jnp.int32)
+    blk_b = jnp.minimum(blk_b, last_positive(block_sum_bn))
+    before_b = jnp.where(blk_b > 0, jnp.take_along_axis(
+        block_cum_bn, jnp.maximum(blk_b - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+    w_bk = jnp.take_along_axis(w_bnk, blk_b[:, None, None], axis=1)[:, 0, :]
+    cum_bk = before_b[:, None] + jnp.cumsum(w_bk, axis=-1)
+    pos_b = jnp.sum(cum_bk <= target_b[:, None], axis=-1, dtype=jnp.int32)
+    pos_b = jnp.minimum(pos_b, last_positive(w_bk))
+    return blk_b * block + pos_b
+
+
+def sample_token(scaled_bv: jax.Array, rng: jax.Array, *, top_k: int, top_p: float,
+                 exp_bv: jax.Array | None = None) -> jax.Array:
     """One token per row from softmax(scaled) truncated by top-k then top-p. int32 `[B]`.
 
-    With neither truncation active, no sort at all: a Gumbel-max draw over the full vocabulary.
-    With top-k, only the k candidates from `lax.top_k` are considered (top-p then works on them,
-    renormalised, as Hugging Face's warpers do). Top-p alone needs the full descending order.
+    One uniform per row and an inverse-CDF search (no per-token random numbers, no argmax).
+    With neither truncation active, no sort at all (`exp_bv` = exp(scaled - max) may be passed in
+    to reuse it). With top-k, only the k candidates from `lax.top_k` are considered (top-p then
+    works on them, renormalised, as Hugging Face's warpers do); top-p alone sorts the vocabulary.
     """
     vocab = scaled_bv.shape[-1]
+    uniform_b = jax.random.uniform(rng, scaled_bv.shape[:1], jnp.float32)
     if top_k == 0 and top_p >= 1.0:
-        return jax.random.categorical(rng, scaled_bv, axis=-1).astype(jnp.int32)
+        if exp_bv is None:
+            exp_bv = jnp.exp(scaled_bv - scaled_bv.max(axis=-1, keepdims=True))
+        return inverse_cdf_sample(exp_bv, uniform_b)
     k = top_k if 0 < top_k < vocab else vocab
     vals_bk, ids_bk = jax.lax.top_k(scaled_bv, k)
-    vals_bk = jnp.where(_top_p_keep(vals_bk, top_p), vals_bk, -jnp.inf)
-    pick_b = jax.random.categorical(rng, vals_bk, axis=-1)
+    weights_bk = jnp.where(_top_p_keep(vals_bk, top_p), jnp.exp(vals_bk - vals_bk[:, :1]), 0.0)
+    pick_b = inverse_cdf_sample(weights_bk, uniform_b)
     return jnp.take_along_axis(ids_bk, pick_b[:, None], axis=-1)[:, 0].astype(jnp.int32)
 
 
-def choose_tokens(logits_bv: jax.Array, rng: jax.Array, spec: SamplingSpec) -> tuple[jax.Array, jax.Array]:
+def choose_tokens(logits_bv: jax.Array, rng: jax.Array,
+                  spec: SamplingSpec) -> tuple[jax.Array, jax.Array]:
     """(token int32 [B], logprob fp32 [B]) for one decode step.
 
-    logprob = log_softmax(logits / T)[token] over the full vocabulary (T = 1 for greedy).
+    logprob = log_softmax(logits / T)[token] over the full vocabulary (T = 1 for greedy). The max
+    and exp(z - max) of the logsumexp are shared with the token choice.
     """
-    logits_bv = logits_bv.astype(jnp.float32)
+    scaled_bv = logits_bv.astype(jnp.float32)
+    if not spec.greedy:
+        scaled_bv = scaled_bv / jnp.float32(spec.temperature)
+    max_b = scaled_bv.max(axis=-1)
+    exp_bv = jnp.exp(scaled_bv - max_b[:, None])
     if spec.greedy:
-        token_b = jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-        scaled_bv = logits_bv
+        token_b = first_argmax(scaled_bv, max_b)
     else:
-        scaled_bv = logits_bv / jnp.float32(spec.temperature)
-        token_b = sample_token(scaled_bv, rng, top_k=spec.top_k, top_p=spec.top_p)
+        token_b = sample_token(scaled_bv, rng, top_k=spec.top_k, top_p=spec.top_p, exp_bv=exp_bv)
     chosen_b = jnp.take_along_axis(scaled_bv, token_b[:, None], axis=-1)[:, 0]
-    logprob_b = chosen_b - jax.nn.logsumexp(scaled_bv, axis=-1)
+    logprob_b = chosen_b - max_b - jnp.log(exp_bv.sum(axis=-1))
     return token_b, logprob_b
 
 

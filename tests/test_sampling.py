@@ -12,8 +12,8 @@ from sdpo_jax import models, sampling
 from sdpo_jax.sampling_ops import truncation_mask
 from tests.hf_tiny import tiny_model_dir
 
-PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [3, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140],
-           [17, 18, 19, 20, 21]]
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14],
+           [3, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140], [17, 18, 19, 20, 21]]
 BUCKETS = (8, 16)
 
 
@@ -44,15 +44,15 @@ def _expected_after_stops(tokens, logprobs, stop_ids, pad_id):
 
 @pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama3"])
 def test_greedy_tokens_equal_transformers_generate(family, tmp_path):
-    """Greedy `generate` gives the same tokens as transformers' generate (PyTorch fp32) on a batch of
-    left-padded prompts of different lengths, stop ids included (rows end at different steps)."""
+    """Greedy `generate` gives the same tokens as transformers' generate (PyTorch fp32) on a batch
+    of left-padded prompts of different lengths, stop ids included (rows end at different steps)."""
     import torch
     import transformers
 
     path = tiny_model_dir(tmp_path, family)
     cfg, params = models.load_pretrained(path)
     free = _generate(cfg, params, prompts=PROMPTS)
-    assert len(np.unique(free.tokens)) > 8  # the model is not degenerate: the comparison means something
+    assert len(np.unique(free.tokens)) > 8  # not a degenerate model: the comparison means something
     stop_ids = sorted({int(free.tokens[0, 4]), int(free.tokens[2, 6])})
     ours = _generate(cfg, params, prompts=PROMPTS, eos_ids=stop_ids)
 
@@ -112,7 +112,8 @@ def test_stop_ids_end_rows_one_by_one(qwen3):
     free = _generate(cfg, params, max_new_tokens=14)
     stop_ids = sorted({int(free.tokens[0, 2]), int(free.tokens[1, 8])} - {int(free.tokens[3, 0])})
     out = _generate(cfg, params, max_new_tokens=14, eos_ids=stop_ids, pad_id=0)
-    tokens, logprobs, lengths, finish = _expected_after_stops(free.tokens, free.logprobs, stop_ids, 0)
+    tokens, logprobs, lengths, finish = _expected_after_stops(free.tokens, free.logprobs,
+                                                              stop_ids, 0)
     assert len(set(lengths.tolist())) >= 2, "choose stop ids that end rows at different steps"
     np.testing.assert_array_equal(out.tokens, tokens)
     np.testing.assert_array_equal(out.lengths, lengths)
@@ -131,9 +132,10 @@ def test_kv_cache_used_no_TxT_buffer_and_early_exit(qwen3):
     spec = sampling.SamplingSpec(0.0, 0, 1.0)
     stop_e, pad, key = jnp.zeros((0,), jnp.int32), jnp.int32(0), jax.random.key(0)
     state = sampling._prefill(cfg, params, jnp.asarray(ids), jnp.asarray(mask), stop_e, pad, key,
-                              spec=spec, n=1, max_new_tokens=width, cache_dtype=jnp.dtype("float32"),
-                              mesh=None)
-    hlo = sampling._decode.lower(cfg, params, state, stop_e, pad, key, spec=spec).compile().as_text()
+                              spec=spec, n=1, max_new_tokens=width,
+                              cache_dtype=jnp.dtype("float32"), mesh=None)
+    lowered = sampling._decode.lower(cfg, params, state, stop_e, pad, key, spec=spec)
+    hlo = lowered.compile().as_text()
     assert re.search(rf"\[{cfg.num_layers},4,{slots},{cfg.num_kv_heads},{cfg.head_dim}\]", hlo)
     assert not re.search(rf"\b{slots},{slots}\b", hlo), "an [S, S] buffer in the decode program"
 

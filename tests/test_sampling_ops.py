@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from sdpo_jax.sampling import pad_to_bucket, pick_bucket
-from sdpo_jax.sampling_ops import SamplingSpec, choose_tokens, is_stop, truncation_mask
+from sdpo_jax.sampling_ops import (SamplingSpec, choose_tokens, first_argmax, inverse_cdf_sample,
+                                   is_stop, truncation_mask)
 
 LOGITS_V = np.array([2.0, 1.5, 1.0, 0.5, 0.0, -0.5, -1.0, -3.0], np.float32)  # tiny vocabulary
 DRAWS = 40_000
@@ -48,7 +49,7 @@ def test_sampling_frequencies_match_intended_distribution(temperature, top_k, to
     assert keep.sum() >= 2 or counts[keep].sum() == DRAWS
     expected = probs[keep] / probs[keep].sum() * counts.sum()
     stat, pvalue = stats.chisquare(counts[keep], expected)
-    assert pvalue > 1e-3, f"chi2={stat:.1f}, p={pvalue:.2e}, counts={counts}, expected={probs * DRAWS}"
+    assert pvalue > 1e-3, f"chi2={stat:.1f}, p={pvalue:.2e}, counts={counts}, expected={expected}"
 
 
 def test_sampling_is_deterministic_and_rows_independent():
@@ -106,7 +107,8 @@ def test_sampling_spec_rejects_bad_values():
 def test_is_stop_with_several_and_no_stop_ids():
     """is_stop marks rows whose token is any of the stop ids; an empty id list stops nothing."""
     tokens = jnp.array([1, 5, 7, 2], jnp.int32)
-    np.testing.assert_array_equal(is_stop(tokens, jnp.array([5, 2], jnp.int32)), [False, True, False, True])
+    np.testing.assert_array_equal(is_stop(tokens, jnp.array([5, 2], jnp.int32)),
+                                  [False, True, False, True])
     np.testing.assert_array_equal(is_stop(tokens, jnp.zeros((0,), jnp.int32)), [False] * 4)
 
 
@@ -126,3 +128,44 @@ def test_pick_bucket_and_pad_to_bucket():
     np.testing.assert_array_equal(mask, [[1, 1, 1, 0], [1, 0, 0, 0]])
     with pytest.raises(ValueError, match="sequence 1 has length 9"):
         pad_to_bucket([[1], list(range(9))], [4, 8], pad_id=0)
+
+
+def test_inverse_cdf_never_returns_zero_weight_and_hits_the_right_interval():
+    """inverse_cdf_sample returns the token whose cumulative interval holds u * total (checked in
+    float64) and never a zero-weight token, at u = 0, u -> 1, exact interval edges, with zero
+    weights at the start, a whole zero block and a zero tail (V = 300, not a block multiple)."""
+    rng = np.random.default_rng(5)
+    w = rng.exponential(size=300).astype(np.float32)
+    w[:3], w[128:256], w[290:] = 0.0, 0.0, 0.0
+    w[rng.random(300) < 0.3] = 0.0
+    cum = np.cumsum(w.astype(np.float64))
+    edges = (cum[w > 0][:-1] / cum[-1]).astype(np.float32)
+    us = np.concatenate([[0.0, np.nextafter(np.float32(1), np.float32(0))], edges,
+                         rng.random(500)]).astype(np.float32)
+    got = np.asarray(inverse_cdf_sample(jnp.asarray(np.tile(w, (len(us), 1))), jnp.asarray(us)))
+    assert np.all(w[got] > 0), "a zero-weight token was sampled"
+    target = us.astype(np.float64) * cum[-1]
+    lower = np.where(got > 0, cum[np.maximum(got - 1, 0)], 0.0)
+    slack = 1e-5 * cum[-1]
+    assert np.all(lower - slack <= target) and np.all(target <= cum[got] + slack)
+
+
+def test_blocked_sampler_frequencies_on_a_vocabulary_of_several_blocks():
+    """On V = 1000 (8 inverse-CDF blocks), grouped token frequencies pass a chi-square test
+    against softmax(z)."""
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=1000).astype(np.float32)
+    draws = 50_000
+    tokens, _ = jax.jit(choose_tokens, static_argnums=2)(
+        jnp.broadcast_to(jnp.asarray(logits), (draws, 1000)), jax.random.key(9),
+        SamplingSpec(1.0, 0, 1.0))
+    counts = np.bincount(np.asarray(tokens), minlength=1000).reshape(50, 20).sum(-1)
+    probs = _softmax(logits.astype(np.float64)).reshape(50, 20).sum(-1)
+    stat, pvalue = stats.chisquare(counts, probs / probs.sum() * counts.sum())
+    assert pvalue > 1e-3, f"chi2={stat:.1f}, p={pvalue:.2e}"
+
+
+def test_first_argmax_takes_the_first_of_ties():
+    """first_argmax equals np.argmax (first index among ties), also on exact ties."""
+    x = np.array([[1.0, 3.0, 3.0, 0.0], [5.0, 5.0, 5.0, 5.0], [-1.0, -2.0, -0.5, -0.5]], np.float32)
+    np.testing.assert_array_equal(np.asarray(first_argmax(jnp.asarray(x))), np.argmax(x, -1))

@@ -1,0 +1,177 @@
+"""Decode throughput of `sdpo_jax.sampling.generate` vs Hugging Face `generate(use_cache=True)`.
+
+    python bench/decode.py --threads 1       # CPU: tiny Qwen2 vs transformers, B = 1, 8, 32
+    python bench/decode.py --size qwen3-0.6b --batches 32,128 --prompt_len 512 \
+        --new_tokens 512 --scan               # GPU/TPU: no peer, bandwidth reached instead
+
+Both sides sample (temperature 1, no top-k/top-p) exactly `--new_tokens` tokens per row after a
+`--prompt_len` prompt (no stop ids), on the same weights, in the same process; tokens/s counts new
+tokens over the whole call (prefill included) for both. Prints the ratio, the KV-cache bytes, the
+compiled decode program's memory, the compile time (first call minus a steady call) and, without a
+peer, the memory bandwidth the decode loop reaches (weights + cache read once per step).
+`--size tiny` is the issue's tiny Qwen2 (4 layers, hidden 256, 4 heads / 2 KV heads, intermediate
+1024, vocab 32000, tied); `--size qwen3-0.6b` a Qwen3-0.6B-shaped model with random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if "--threads" in sys.argv:  # must reach XLA before jax starts: one intra-op thread per side
+    _threads = int(sys.argv[sys.argv.index("--threads") + 1])
+    if _threads == 1:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false"
+                                   " intra_op_parallelism_threads=1").strip()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from sdpo_jax import models, sampling  # noqa: E402
+
+TINY_HF = dict(vocab_size=32000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+               tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+QWEN3_06B = dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, num_layers=28,
+                 num_heads=16, num_kv_heads=8, head_dim=128, intermediate_size=3072,
+                 qk_norm="per_head", rope_theta=1000000.0, tie_word_embeddings=True, pad_token_id=0)
+
+
+def _median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def _build(args, tmp):
+    """(cfg, params, hf_model or None) on the same weights."""
+    if args.size == "tiny":
+        import torch
+        import transformers
+
+        torch.manual_seed(0)
+        hf = transformers.AutoModelForCausalLM.from_config(transformers.Qwen2Config(**TINY_HF))
+        hf = hf.float().eval()
+        hf.save_pretrained(tmp)
+        cfg, params = models.load_pretrained(tmp, dtype=args.dtype, compute_dtype=args.dtype,
+                                             scan_layers=args.scan)
+        return cfg, params, (hf if args.hf else None)
+    cfg = models.ModelConfig(**QWEN3_06B, param_dtype=args.dtype, compute_dtype=args.dtype,
+                             scan_layers=args.scan)
+    return cfg, jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0)), None
+
+
+def _decode_memory(cfg, params, batch, args):
+    """The compiled decode program's memory analysis (the cache is its donated argument)."""
+    ids = jnp.ones((batch, args.prompt_len), jnp.int32)
+    spec = sampling.SamplingSpec(args.temperature, 0, 1.0)
+    stop, pad, key = jnp.zeros((0,), jnp.int32), jnp.int32(0), jax.random.key(0)
+    state = sampling._prefill(cfg, params, ids, ids, stop, pad, key, spec=spec, n=1,
+                              max_new_tokens=args.new_tokens, cache_dtype=jnp.dtype(args.dtype),
+                              mesh=None)
+    return sampling._decode.lower(cfg, params, state, stop, pad, key, spec=spec).compile() \
+        .memory_analysis()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", choices=("tiny", "qwen3-0.6b"), default="tiny")
+    parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--prompt_len", type=int, default=64)
+    parser.add_argument("--new_tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (else)")
+    parser.add_argument("--no_hf", dest="hf", action="store_false",
+                        help="skip the transformers peer")
+    parser.add_argument("--scan", action="store_true", help="scan over layers (compile time)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for both sides (1: single-threaded XLA and torch; on a "
+                             "shared, oversubscribed CPU torch's 2-thread pool runs ~10x slower)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed sdpo_jax calls (median)")
+    parser.add_argument("--hf_repeats", type=int, default=1,
+                        help="timed transformers calls (median)")
+    args = parser.parse_args()
+    backend = jax.default_backend()
+    args.dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
+    args.hf = args.hf and args.size == "tiny"
+    if args.hf:
+        import torch
+        torch.set_num_threads(args.threads or os.cpu_count())
+
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, threads {args.threads or 'default'}, jax {jax.__version__} "
+          f"backend={backend} "
+          f"devices={[d.device_kind for d in jax.local_devices()][:1]}x{jax.local_device_count()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, params, hf = _build(args, tmp)
+    param_bytes = sampling.tree_nbytes(params)["total"]
+    print(f"model: {args.size} ({cfg.num_params / 1e6:.1f}M params, "
+          f"{param_bytes / 2**20:.1f} MiB, scan {cfg.scan_layers}), "
+          f"dtype {args.dtype}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
+          f"temperature {args.temperature}, median of {args.repeats} (ours) / {args.hf_repeats} "
+          f"(transformers) timed calls")
+
+    rng = np.random.default_rng(0)
+    for batch in [int(b) for b in args.batches.split(",")]:
+        prompts = rng.integers(3, cfg.vocab_size, size=(batch, args.prompt_len)).tolist()
+        calls = iter(range(10**6))
+
+        def ours():
+            out = sampling.generate(cfg, params, prompts, max_new_tokens=args.new_tokens,
+                                    temperature=args.temperature, eos_ids=[], n=1, rng=next(calls),
+                                    prompt_buckets=(args.prompt_len,), cache_dtype=args.dtype)
+            assert out.tokens.shape == (batch, args.new_tokens)
+            assert out.lengths.min() == args.new_tokens
+
+        start = time.perf_counter()
+        ours()
+        first = time.perf_counter() - start
+        t_ours, _ = _median_time(ours, args.repeats)
+        new_tokens = batch * args.new_tokens
+        slots = args.prompt_len + args.new_tokens
+        cache_bytes = 2 * cfg.num_layers * batch * slots * cfg.num_kv_heads * cfg.head_dim \
+            * jnp.dtype(args.dtype).itemsize
+        mem = _decode_memory(cfg, params, batch, args)
+        line = (f"B={batch:4d}  sdpo_jax {new_tokens / t_ours:9.1f} tok/s ({t_ours:.3f} s)  "
+                f"compile {first - t_ours:.2f} s  kv-cache {cache_bytes / 2**20:.2f} MiB  "
+                f"decode program: args {mem.argument_size_in_bytes / 2**20:.1f} MiB, "
+                f"temp {mem.temp_size_in_bytes / 2**20:.2f} MiB, "
+                f"aliased {mem.alias_size_in_bytes / 2**20:.1f} MiB")
+        if hf is not None:
+            import torch
+
+            ids = torch.tensor(prompts, dtype=torch.long)
+            mask = torch.ones_like(ids)
+
+            def theirs(new_tokens=args.new_tokens):
+                with torch.no_grad():
+                    out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=True,
+                                      temperature=args.temperature, top_k=0, top_p=1.0,
+                                      use_cache=True, pad_token_id=0)
+                assert out.shape == (batch, args.prompt_len + new_tokens)
+
+            theirs(8)  # warm-up
+            t_hf, _ = _median_time(theirs, args.hf_repeats)
+            line += (f"  | transformers {new_tokens / t_hf:9.1f} tok/s ({t_hf:.3f} s)  "
+                     f"ratio {t_hf / t_ours:.2f}x")
+        else:  # decode is memory bound: weights + the cache are read once per step
+            per_step = param_bytes + cache_bytes
+            line += (f"  | ~{per_step * args.new_tokens / t_ours / 1e9:.0f} GB/s "
+                     f"(weights + cache read per step)")
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
