@@ -1,16 +1,19 @@
 """The memory-efficient SDPO loss: from hidden states and the unembedding, in vocabulary chunks.
 
-Never materialises `[B, T, V]`: logits exist one `[N, vocab_chunk]` block at a time (N = tokens of a
-sequence chunk), inside `lax.scan`s whose bodies are rematerialised (`jax.checkpoint`) so that the
-backward pass recomputes each block instead of storing it. Per token it keeps only `[N]` running
-statistics (online logsumexp, sampled-token logit, entropy) and the running top-K `[N, K]`.
+Never materialises `[B, T, V]`: logits exist one `[S, vocab_chunk]` block at a time (S = tokens of a
+sequence block, `seq_chunk`; all B*T tokens by default), and per token only `[N]` running statistics
+(online logsumexp, sampled-token logit, entropy) and the running top-K `[N, K]` are kept.
 
 Passes, all over the same vocabulary chunks:
-1. student (differentiable): online logsumexp, sampled-token logit, running top-K merge (values
-   carry the gradient, indices none), entropy (metric, no gradient);
+1. student (differentiable, custom VJP): online logsumexp, sampled-token logit, running top-K merge
+   (values differentiable, indices not), entropy (metric, no gradient);
 2. teacher (no gradient): logsumexp, sampled-token logit, logits at the student's top-K indices;
-3. `full` mode only: the divergence summed over the whole vocabulary chunk by chunk, given both
-   logsumexps (the student's differentiable).
+3. `full` mode only (differentiable, custom VJP): the divergence summed over the vocabulary chunk by
+   chunk, given both logsumexps (the student's differentiable).
+The custom VJPs recompute each logits block once in the backward pass (outer loop over vocabulary
+chunks, inner over token blocks) and emit the unembedding's gradient one `[D, chunk]` block at a
+time, so neither a `[D, V]` accumulator nor per-block residuals are stored; the residuals are the
+inputs plus `[N]` / `[N, K]` statistics.
 The teacher's logits may be a sum of several `h @ w` terms (the trust-region mix of the frozen and the
 live model; scale each `h` by its mix weight beforehand).
 
@@ -24,7 +27,6 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 
 from sdpo_jax import losses
 
@@ -68,13 +70,42 @@ def _gather_in_chunk(z_nc, idx, start, lo, chunk: int):
     return vals, inside
 
 
-def student_vocab_pass(h_nd, w_dv, y_n, *, k: int, vocab_chunk: int | None):
-    """Student statistics over the vocabulary: dict(lse [N], z_y [N], topk_z [N, K], topk_idx [N, K],
-    entropy [N]). Differentiable in h and w through lse, z_y and topk_z; logits are h @ w (temper h)."""
+def _blocks(x, n_blocks: int, size: int):
+    """[N, ...] -> [n_blocks, size, ...] (zero-padded)."""
+    pad = n_blocks * size - x.shape[0]
+    if pad:
+        x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape((n_blocks, size) + x.shape[1:])
+
+
+def _unblocks(x, n: int):
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])[:n]
+
+
+def _token_blocking(n: int, seq_chunk: int | None) -> tuple[int, int]:
+    """(blocks, tokens per block): at most `seq_chunk` tokens per block, as even as possible."""
+    n_blocks = 1 if not seq_chunk or seq_chunk >= n else -(-n // int(seq_chunk))
+    return n_blocks, -(-n // n_blocks)
+
+
+def _assemble_dw(dw_kdc, vocab: int):
+    """[n_chunks, D, chunk] gradient blocks -> [D, V] (the last block was read at V - chunk)."""
+    n_chunks, d, chunk = dw_kdc.shape
+    dw = jnp.transpose(dw_kdc, (1, 0, 2)).reshape(d, n_chunks * chunk)
+    if n_chunks * chunk != vocab:
+        full = (n_chunks - 1) * chunk
+        dw = jnp.concatenate([dw[:, :full], dw_kdc[-1][:, full - (vocab - chunk):]], axis=1)
+    return dw
+
+
+# ----------------------------------------------------------------------------- student pass
+
+
+def _student_block(h_nd, w_dv, y_n, k: int, vocab_chunk: int | None):
+    """(lse, z_y, topk_z, topk_idx, entropy) of one token block, one pass over the vocabulary chunks."""
     vocab = w_dv.shape[1]
     n = h_nd.shape[0]
     chunk, n_chunks = vocab_chunking(vocab, vocab_chunk)
-    k = min(k, vocab)
     k_chunk = min(k, chunk)
 
     def body(carry, i):
@@ -82,45 +113,100 @@ def student_vocab_pass(h_nd, w_dv, y_n, *, k: int, vocab_chunk: int | None):
         start, lo, valid_c = _chunk_window(i, chunk, vocab)
         z = _chunk_logits((h_nd,), (w_dv,), start, chunk)
         z_masked = jnp.where(valid_c[None, :], z, _NEG_INF)
-        m_new = jnp.maximum(m, jax.lax.stop_gradient(jnp.max(z_masked, axis=1)))
+        m_new = jnp.maximum(m, jnp.max(z_masked, axis=1))
         scale = jnp.exp(m - m_new)
         e = jnp.exp(z_masked - m_new[:, None])
         l = l * scale + jnp.sum(e, axis=1)
-        z_sg = jax.lax.stop_gradient(jnp.where(valid_c[None, :], z, 0.0))
-        ent = ent * scale + jnp.sum(jax.lax.stop_gradient(e) * z_sg, axis=1)
+        ent = ent * scale + jnp.sum(e * jnp.where(valid_c[None, :], z, 0.0), axis=1)
         val, inside = _gather_in_chunk(z, y_n, start, lo, chunk)
         zy = jnp.where(inside, val, zy)
         if k:
-            # Select without gradient, then gather: the saved positions are all the backward pass needs.
-            cand_i = checkpoint_name(jax.lax.top_k(jax.lax.stop_gradient(z_masked), k_chunk)[1], "topk_chunk_idx")
-            cand_z = jnp.take_along_axis(z_masked, cand_i, axis=1)
+            cand_z, cand_i = jax.lax.top_k(z_masked, k_chunk)
             all_z = jnp.concatenate([top_z, cand_z], axis=1)
             all_i = jnp.concatenate([top_i, cand_i + start], axis=1)
-            pos = checkpoint_name(jax.lax.top_k(jax.lax.stop_gradient(all_z), k)[1], "topk_merge_pos")
-            top_z = jnp.take_along_axis(all_z, pos, axis=1)
+            top_z, pos = jax.lax.top_k(all_z, k)
             top_i = jnp.take_along_axis(all_i, pos, axis=1)
         return (m_new, l, ent, zy, top_z, top_i), None
 
     init = (jnp.full((n,), _NEG_INF, jnp.float32), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32),
             jnp.zeros((n,), jnp.float32), jnp.full((n, k), _NEG_INF, jnp.float32), jnp.zeros((n, k), jnp.int32))
-    # Remat the chunk's logits, but keep the top-K positions (small) so the backward pass does not
-    # redo the top-K selections.
-    policy = jax.checkpoint_policies.save_only_these_names("topk_chunk_idx", "topk_merge_pos")
-    body = jax.checkpoint(body, prevent_cse=False, policy=policy)
     (m, l, ent, zy, top_z, top_i), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
     lse = m + jnp.log(l)
-    entropy = jax.lax.stop_gradient(lse - ent / l)
-    return {"lse": lse, "z_y": zy, "topk_z": top_z, "topk_idx": jax.lax.stop_gradient(top_i), "entropy": entropy}
+    return lse, zy, top_z, top_i, lse - ent / l
 
 
-def teacher_vocab_pass(h_list, w_list, y_n, idx_nk=None, *, vocab_chunk: int | None):
-    """Teacher statistics, no gradient: dict(lse [N], z_y [N], z_idx [N, K] at the given indices)."""
-    h_list = tuple(jax.lax.stop_gradient(h) for h in _as_tuple(h_list))
-    w_list = tuple(jax.lax.stop_gradient(w) for w in _as_tuple(w_list))
+def _student_stats_impl(h_snd, w_dv, y_sn, k, vocab_chunk):
+    return jax.lax.map(lambda xs: _student_block(xs[0], w_dv, xs[1], k, vocab_chunk), (h_snd, y_sn))
+
+
+_student_stats = jax.custom_vjp(_student_stats_impl, nondiff_argnums=(3, 4))
+
+
+def _student_stats_fwd(h_snd, w_dv, y_sn, k, vocab_chunk):
+    out = _student_stats_impl(h_snd, w_dv, y_sn, k, vocab_chunk)
+    return out, (h_snd, w_dv, y_sn, out[0], out[3])
+
+
+def _student_stats_bwd(k, vocab_chunk, residuals, cotangents):
+    """dz = g_lse softmax(z) + g_zy onehot(y) + scatter(g_topk at the K indices), per (vocab chunk, token
+    block); dh accumulates dz @ w_c^T, dW comes out per vocabulary chunk. The entropy output is a
+    metric: its cotangent is ignored (the public wrapper stops its gradient)."""
+    h_snd, w_dv, y_sn, lse_sn, top_i_snk = residuals
+    g_lse, g_zy, g_top = cotangents[0], cotangents[1], cotangents[2]
+    vocab = w_dv.shape[1]
+    _, size, d = h_snd.shape
+    chunk, n_chunks = vocab_chunking(vocab, vocab_chunk)
+    rows = jnp.arange(size)[:, None]
+
+    def vocab_body(dh_snd, i):
+        start, lo, valid_c = _chunk_window(i, chunk, vocab)
+        w_dc = jax.lax.dynamic_slice_in_dim(w_dv, start, chunk, axis=1).astype(h_snd.dtype)
+        cols = start + jnp.arange(chunk)
+
+        def token_body(dw_dc, xs):
+            h_nd, y_n, lse_n, top_i, gl, gz, gt = xs
+            z = jnp.dot(h_nd, w_dc, preferred_element_type=jnp.float32)
+            dz = gl[:, None] * jnp.exp(z - lse_n[:, None]) + jnp.where(cols[None, :] == y_n[:, None], gz[:, None], 0.0)
+            if k:
+                inside = (top_i >= lo) & (top_i < start + chunk)
+                dz = dz.at[rows, jnp.clip(top_i - start, 0, chunk - 1)].add(jnp.where(inside, gt, 0.0))
+            dz = jnp.where(valid_c[None, :], dz, 0.0).astype(h_snd.dtype)
+            dw_dc = dw_dc + jnp.dot(h_nd.T, dz, preferred_element_type=jnp.float32)
+            return dw_dc, jnp.dot(dz, w_dc.T, preferred_element_type=jnp.float32)
+
+        dw_dc, dh_part = jax.lax.scan(token_body, jnp.zeros((d, chunk), jnp.float32),
+                                      (h_snd, y_sn, lse_sn, top_i_snk, g_lse, g_zy, g_top))
+        return dh_snd + dh_part, dw_dc
+
+    dh, dw_kdc = jax.lax.scan(vocab_body, jnp.zeros(h_snd.shape, jnp.float32), jnp.arange(n_chunks))
+    return dh.astype(h_snd.dtype), _assemble_dw(dw_kdc, vocab).astype(w_dv.dtype), None
+
+
+_student_stats.defvjp(_student_stats_fwd, _student_stats_bwd)
+
+
+def student_vocab_pass(h_nd, w_dv, y_n, *, k: int, vocab_chunk: int | None, seq_chunk: int | None = None):
+    """Student statistics over the vocabulary: dict(lse [N], z_y [N], topk_z [N, K], topk_idx [N, K],
+    entropy [N]). Differentiable in h and w through lse, z_y and topk_z; logits are h @ w (temper h
+    beforehand). `seq_chunk` tokens per block (None: all)."""
+    n = h_nd.shape[0]
+    k = min(k, w_dv.shape[1])
+    n_blocks, size = _token_blocking(n, seq_chunk)
+    out = _student_stats(_blocks(h_nd, n_blocks, size), w_dv, _blocks(y_n.astype(jnp.int32), n_blocks, size), k,
+                         vocab_chunk)
+    lse, zy, top_z, top_i, entropy = (_unblocks(x, n) for x in out)
+    return {"lse": lse, "z_y": zy, "topk_z": top_z, "topk_idx": jax.lax.stop_gradient(top_i),
+            "entropy": jax.lax.stop_gradient(entropy)}
+
+
+# ----------------------------------------------------------------------------- teacher pass
+
+
+def _teacher_block(h_list, w_list, y_n, idx_nk, vocab_chunk):
     vocab = w_list[0].shape[1]
     n = h_list[0].shape[0]
     chunk, n_chunks = vocab_chunking(vocab, vocab_chunk)
-    k = 0 if idx_nk is None else idx_nk.shape[1]
+    k = idx_nk.shape[1]
 
     def body(carry, i):
         m, l, zy, z_idx = carry
@@ -139,15 +225,28 @@ def teacher_vocab_pass(h_list, w_list, y_n, idx_nk=None, *, vocab_chunk: int | N
     init = (jnp.full((n,), _NEG_INF, jnp.float32), jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32),
             jnp.zeros((n, k), jnp.float32))
     (m, l, zy, z_idx), _ = jax.lax.scan(body, init, jnp.arange(n_chunks))
-    return jax.lax.stop_gradient({"lse": m + jnp.log(l), "z_y": zy, "z_idx": z_idx})
+    return m + jnp.log(l), zy, z_idx
 
 
-def full_divergence_pass(h_nd, w_dv, t_h_list, t_w_list, lse_s, lse_t, *, alpha: float,
-                         adv_clip: float | None, vocab_chunk: int | None):
-    """sum over the whole vocabulary of D(s || q) per token ([N]); differentiable in h, w and lse_s."""
-    t_h_list = tuple(jax.lax.stop_gradient(h) for h in _as_tuple(t_h_list))
-    t_w_list = tuple(jax.lax.stop_gradient(w) for w in _as_tuple(t_w_list))
-    lse_t = jax.lax.stop_gradient(lse_t)
+def teacher_vocab_pass(h_list, w_list, y_n, idx_nk=None, *, vocab_chunk: int | None, seq_chunk: int | None = None):
+    """Teacher statistics, no gradient: dict(lse [N], z_y [N], z_idx [N, K] at the given indices)."""
+    h_list = tuple(jax.lax.stop_gradient(h) for h in _as_tuple(h_list))
+    w_list = tuple(jax.lax.stop_gradient(w) for w in _as_tuple(w_list))
+    n = h_list[0].shape[0]
+    if idx_nk is None:
+        idx_nk = jnp.zeros((n, 0), jnp.int32)
+    n_blocks, size = _token_blocking(n, seq_chunk)
+    blocked = (tuple(_blocks(h, n_blocks, size) for h in h_list), _blocks(y_n.astype(jnp.int32), n_blocks, size),
+               _blocks(idx_nk, n_blocks, size))
+    out = jax.lax.map(lambda xs: _teacher_block(xs[0], w_list, xs[1], xs[2], vocab_chunk), blocked)
+    lse, zy, z_idx = (_unblocks(x, n) for x in out)
+    return {"lse": lse, "z_y": zy, "z_idx": z_idx}
+
+
+# ----------------------------------------------------------------------------- full-vocabulary divergence
+
+
+def _full_block(h_nd, w_dv, t_h_list, t_w_list, lse_s, lse_t, alpha, adv_clip, vocab_chunk):
     vocab = w_dv.shape[1]
     chunk, n_chunks = vocab_chunking(vocab, vocab_chunk)
 
@@ -158,30 +257,74 @@ def full_divergence_pass(h_nd, w_dv, t_h_list, t_w_list, lse_s, lse_t, *, alpha:
         terms = losses.divergence_terms(ls, lq, alpha, adv_clip)
         return acc + jnp.sum(jnp.where(valid_c[None, :], terms, 0.0), axis=1), None
 
-    body = jax.checkpoint(body, prevent_cse=False)
     acc, _ = jax.lax.scan(body, jnp.zeros(h_nd.shape[0], jnp.float32), jnp.arange(n_chunks))
     return acc
 
 
-def _token_quantities_flat(h_nd, w_dv, t_h_list, t_w_list, y_n, *, mode, topk, add_tail, alpha, adv_clip,
-                           vocab_chunk, need_teacher=True):
-    k = topk if mode == "topk" else 0
-    st = student_vocab_pass(h_nd, w_dv, y_n, k=k, vocab_chunk=vocab_chunk)
-    out = {"ls_y": st["z_y"] - st["lse"], "entropy": st["entropy"]}
-    if not need_teacher:
-        return out
-    te = teacher_vocab_pass(t_h_list, t_w_list, y_n, st["topk_idx"] if k else None, vocab_chunk=vocab_chunk)
-    out["lq_y"] = te["z_y"] - te["lse"]
-    if mode == "topk":
-        ls_c = losses.category_logprobs_topk(st["topk_z"], st["lse"], add_tail)
-        lq_c = losses.category_logprobs_topk(te["z_idx"], te["lse"], add_tail)
-        out["d"] = losses.divergence(ls_c, lq_c, alpha, adv_clip)
-    elif mode == "full":
-        out["d"] = full_divergence_pass(h_nd, w_dv, t_h_list, t_w_list, st["lse"], te["lse"], alpha=alpha,
-                                        adv_clip=adv_clip, vocab_chunk=vocab_chunk)
-    else:
-        out["d"] = losses.token_surrogate(out["ls_y"], out["lq_y"], adv_clip)
-    return out
+def _full_divergence_impl(h_snd, w_dv, t_h_list, t_w_list, lse_s, lse_t, alpha, adv_clip, vocab_chunk):
+    return jax.lax.map(lambda xs: _full_block(xs[0], w_dv, xs[1], t_w_list, xs[2], xs[3], alpha, adv_clip,
+                                              vocab_chunk), (h_snd, t_h_list, lse_s, lse_t))
+
+
+_full_divergence = jax.custom_vjp(_full_divergence_impl, nondiff_argnums=(6, 7, 8))
+
+
+def _full_divergence_fwd(h_snd, w_dv, t_h_list, t_w_list, lse_s, lse_t, alpha, adv_clip, vocab_chunk):
+    out = _full_divergence_impl(h_snd, w_dv, t_h_list, t_w_list, lse_s, lse_t, alpha, adv_clip, vocab_chunk)
+    return out, (h_snd, w_dv, t_h_list, t_w_list, lse_s, lse_t)
+
+
+def _full_divergence_bwd(alpha, adv_clip, vocab_chunk, residuals, g_sn):
+    """d/d log s of the per-category terms (their own VJP, so the adv_clip surrogate is respected), chunk by
+    chunk: dz = that, d lse_s = -sum over the vocabulary; the teacher side gets no gradient."""
+    h_snd, w_dv, t_h_list, t_w_list, lse_s, lse_t = residuals
+    vocab = w_dv.shape[1]
+    d = h_snd.shape[2]
+    chunk, n_chunks = vocab_chunking(vocab, vocab_chunk)
+
+    def vocab_body(carry, i):
+        dh_snd, dlse_sn = carry
+        start, _, valid_c = _chunk_window(i, chunk, vocab)
+        w_dc = jax.lax.dynamic_slice_in_dim(w_dv, start, chunk, axis=1).astype(h_snd.dtype)
+
+        def token_body(dw_dc, xs):
+            h_nd, th, ls_n, lt_n, g_n = xs
+            ls = jnp.dot(h_nd, w_dc, preferred_element_type=jnp.float32) - ls_n[:, None]
+            lq = _chunk_logits(th, t_w_list, start, chunk) - lt_n[:, None]
+            _, vjp = jax.vjp(lambda x: losses.divergence_terms(x, lq, alpha, adv_clip), ls)
+            dls = vjp(jnp.where(valid_c[None, :], g_n[:, None], 0.0))[0]
+            dz = dls.astype(h_snd.dtype)
+            dw_dc = dw_dc + jnp.dot(h_nd.T, dz, preferred_element_type=jnp.float32)
+            return dw_dc, (jnp.dot(dz, w_dc.T, preferred_element_type=jnp.float32), -jnp.sum(dls, axis=1))
+
+        dw_dc, (dh_part, dlse_part) = jax.lax.scan(token_body, jnp.zeros((d, chunk), jnp.float32),
+                                                   (h_snd, t_h_list, lse_s, lse_t, g_sn))
+        return (dh_snd + dh_part, dlse_sn + dlse_part), dw_dc
+
+    init = (jnp.zeros(h_snd.shape, jnp.float32), jnp.zeros(lse_s.shape, jnp.float32))
+    (dh, dlse), dw_kdc = jax.lax.scan(vocab_body, init, jnp.arange(n_chunks))
+    zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)  # noqa: E731 (teacher: no gradient)
+    return (dh.astype(h_snd.dtype), _assemble_dw(dw_kdc, vocab).astype(w_dv.dtype), zeros(t_h_list),
+            zeros(t_w_list), dlse, jnp.zeros_like(lse_t))
+
+
+_full_divergence.defvjp(_full_divergence_fwd, _full_divergence_bwd)
+
+
+def full_divergence_pass(h_nd, w_dv, t_h_list, t_w_list, lse_s, lse_t, *, alpha: float, adv_clip: float | None,
+                         vocab_chunk: int | None, seq_chunk: int | None = None):
+    """sum over the whole vocabulary of D(s || q) per token ([N]); differentiable in h, w and lse_s."""
+    t_h_list = tuple(jax.lax.stop_gradient(h) for h in _as_tuple(t_h_list))
+    t_w_list = tuple(jax.lax.stop_gradient(w) for w in _as_tuple(t_w_list))
+    n = h_nd.shape[0]
+    n_blocks, size = _token_blocking(n, seq_chunk)
+    blk = lambda x: _blocks(x, n_blocks, size)  # noqa: E731
+    out = _full_divergence(blk(h_nd), w_dv, tuple(blk(h) for h in t_h_list), t_w_list, blk(lse_s),
+                           blk(jax.lax.stop_gradient(lse_t)), alpha, adv_clip, vocab_chunk)
+    return _unblocks(out, n)
+
+
+# ----------------------------------------------------------------------------- per-token quantities
 
 
 def token_quantities(h_btd, w_dv, teacher_h, teacher_w, completion_ids, *, mode="topk", topk=100,
@@ -194,33 +337,29 @@ def token_quantities(h_btd, w_dv, teacher_h, teacher_w, completion_ids, *, mode=
     summed into the teacher's logits (no gradient). Returns dict: `d` (the divergence, or the token
     surrogate; differentiable), `ls_y` (student log-prob of the sampled token, differentiable), `lq_y`
     (teacher's), `entropy` (student's, no gradient). With `need_teacher=False` only `ls_y` and `entropy`
-    (the GRPO-only step and old log-probs). `seq_chunk` tokens (of the flattened B*T) at a time."""
+    (the GRPO-only step and old log-probs). `seq_chunk` tokens (of the flattened B*T) per block."""
     b, t, d = h_btd.shape
     inv_t = 1.0 / temperature
     h_nd = h_btd.reshape(b * t, d) * jnp.asarray(inv_t, h_btd.dtype)
     y_n = completion_ids.reshape(b * t).astype(jnp.int32)
-    t_w_list = _as_tuple(teacher_w) if need_teacher else ()
-    t_h_list = tuple(x.reshape(b * t, x.shape[-1]) * jnp.asarray(inv_t, x.dtype)
-                     for x in _as_tuple(teacher_h)) if need_teacher else ()
-    kwargs = dict(mode=mode, topk=topk, add_tail=add_tail, alpha=alpha, adv_clip=adv_clip,
-                  vocab_chunk=vocab_chunk, need_teacher=need_teacher)
-    n = b * t
-    if not seq_chunk or seq_chunk >= n:
-        out = _token_quantities_flat(h_nd, w_dv, t_h_list, t_w_list, y_n, **kwargs)
-    else:
-        n_seq = -(-n // seq_chunk)
-        pad = n_seq * seq_chunk - n
-
-        def split(x):
-            x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-            return x.reshape((n_seq, seq_chunk) + x.shape[1:])
-
-        def one(args):
-            h_c, th_c, y_c = args
-            return _token_quantities_flat(h_c, w_dv, th_c, t_w_list, y_c, **kwargs)
-
-        parts = jax.lax.map(one, (split(h_nd), tuple(split(x) for x in t_h_list), split(y_n)))
-        out = jax.tree.map(lambda x: x.reshape((n_seq * seq_chunk,) + x.shape[2:])[:n], parts)
+    k = topk if mode == "topk" and need_teacher else 0
+    chunks = dict(vocab_chunk=vocab_chunk, seq_chunk=seq_chunk)
+    st = student_vocab_pass(h_nd, w_dv, y_n, k=k, **chunks)
+    out = {"ls_y": st["z_y"] - st["lse"], "entropy": st["entropy"]}
+    if need_teacher:
+        t_w = _as_tuple(teacher_w)
+        t_h = tuple(x.reshape(b * t, x.shape[-1]) * jnp.asarray(inv_t, x.dtype) for x in _as_tuple(teacher_h))
+        te = teacher_vocab_pass(t_h, t_w, y_n, st["topk_idx"] if k else None, **chunks)
+        out["lq_y"] = te["z_y"] - te["lse"]
+        if mode == "topk":
+            ls_c = losses.category_logprobs_topk(st["topk_z"], st["lse"], add_tail)
+            lq_c = losses.category_logprobs_topk(te["z_idx"], te["lse"], add_tail)
+            out["d"] = losses.divergence(ls_c, lq_c, alpha, adv_clip)
+        elif mode == "full":
+            out["d"] = full_divergence_pass(h_nd, w_dv, t_h, t_w, st["lse"], te["lse"], alpha=alpha,
+                                            adv_clip=adv_clip, **chunks)
+        else:
+            out["d"] = losses.token_surrogate(out["ls_y"], out["lq_y"], adv_clip)
     return jax.tree.map(lambda x: x.reshape(b, t), out)
 
 

@@ -93,8 +93,9 @@ class StepSettings:
     (reverse KL / token mode; None = off). norm_adv_by_std: GRPO advantage normalisation (used by
     `update_on_generation_batch(recompute_advantages=True)`).
     teacher_kind: ema | trust_region | frozen | live; ema_rate; trust_region_mix.
-    vocab_chunk: vocabulary columns per chunk; seq_chunk: tokens per chunk of the flattened B*T (None/0 =
-    all); micro_batches: gradient-accumulation splits of a mini-batch; minibatch_groups: whole groups
+    vocab_chunk: vocabulary columns per chunk; seq_chunk: at most this many tokens (of a micro-batch's
+    flattened B*T) per logits block, so a block is at most seq_chunk x vocab_chunk fp32 (None/0 = all
+    tokens at once); micro_batches: gradient-accumulation splits of a mini-batch; minibatch_groups: whole groups
     (questions) per optimizer step (0 = the whole generation batch); skip_nonfinite: skip updates whose
     loss or gradient norm is not finite."""
     objective: str = "sdpo"
@@ -116,7 +117,7 @@ class StepSettings:
     ema_rate: float = 0.05
     trust_region_mix: float = 0.05
     vocab_chunk: int = 8192
-    seq_chunk: int | None = None
+    seq_chunk: int | None = 4096
     micro_batches: int = 1
     minibatch_groups: int = 0
     skip_nonfinite: bool = True
