@@ -310,14 +310,17 @@ def run(cfg) -> int:
          f"{len(train_rows)} train / {len(eval_rows)} eval problems; env {cfg.env.name}")
 
     if cfg.warm_start.steps:
-        params = _warm_started_params(run_, params, train_rows, logger.log)
+        params = _warm_started_params(
+            run_, params, train_rows, lambda i, m: log0(f"warm start step {i + 1}/{cfg.warm_start.steps}: "
+                                                        f"loss {m['warm_start/loss']:.4f}"))
     optimizer = ts.make_optimizer(cfg.optim.lr, cfg.optim.warmup_steps, weight_decay=cfg.optim.weight_decay,
                                   b1=cfg.optim.b1, b2=cfg.optim.b2, grad_clip=cfg.optim.grad_clip)
     state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
     per_host = cfg.data.prompts_per_step // jax.process_count()
     data_iter = data_lib.make_train_iterator(train_rows, batch_size=per_host, seed=cfg.seed,
                                              shard_index=jax.process_index(), shard_count=jax.process_count())
-    base_key = jax.random.key(cfg.seed)
+    base_key = jax.random.key(cfg.seed)  # sampling key of step k: fold_in(base_key, k)
+    eval_key = jax.random.key(cfg.seed + 1)
     checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, max_to_keep=cfg.checkpoint.max_to_keep,
                                             async_save=cfg.checkpoint.async_save)
     start_step, counters = 0, {"skipped_nonfinite_total": 0, "nonfinite_in_a_row": 0}
@@ -335,7 +338,7 @@ def run(cfg) -> int:
     exit_code, step = 0, start_step
     try:
         if cfg.eval.every and cfg.eval.at_start and start_step == 0 and eval_rows:
-            logger.log(0, {**evaluate(run_, state.params, eval_rows, jax.random.fold_in(base_key, -1)),
+            logger.log(0, {**evaluate(run_, state.params, eval_rows, jax.random.fold_in(eval_key, 0)),
                            "generations": 0})
         for step in range(start_step, cfg.train.steps):
             problems = next(data_iter)
@@ -362,7 +365,7 @@ def run(cfg) -> int:
                 tokens_per_s_generate=tokens / max(roll["time_generate"], 1e-9), decode_steps=roll["decode_steps"],
                 env_errors=float(roll["score_stats"].get("errors", 0)), **counters)
             if cfg.eval.every and eval_rows and (step + 1) % cfg.eval.every == 0:
-                metrics.update(evaluate(run_, state.params, eval_rows, jax.random.fold_in(base_key, -(step + 2))))
+                metrics.update(evaluate(run_, state.params, eval_rows, jax.random.fold_in(eval_key, step + 1)))
             if (step + 1) % cfg.logging.every == 0 or step + 1 == cfg.train.steps or "eval/accuracy" in metrics:
                 logger.log(step + 1, metrics)
             if counters["nonfinite_in_a_row"] >= cfg.train.max_nonfinite_in_a_row:
