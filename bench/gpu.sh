@@ -23,3 +23,9 @@ timeout 240 $PY bench/forward.py --size qwen3-0.6b --batch 8 --seq 2048 --attent
 # the XLA blockwise kernel at a teacher-length sequence (no peer)
 timeout 150 $PY bench/forward.py --size qwen3-0.6b --batch 1 --seq 16384 --attention blockwise \
   --block 1024 --scan --iters 5 --no_peer 2>&1 | tee "$RESULTS/forward_blockwise_16k.txt"
+
+# --- issue 4: SDPO train step vs the GRPO-only step (same batch), and compiled loss memory -------
+# Qwen3-0.6B-shaped, fp32 params + AdamW + EMA teacher, bf16 compute, remat + layer scan;
+# 8 x (512 prompt | 1536 completion), teacher prompt 1024. A failure here does not stop the script.
+timeout 300 $PY bench/step.py --size qwen3-0.6b --batch 8 --prompt 512 --completion 1536 \
+  --teacher_prompt 1024 --attention "$fused" --iters 10 2>&1 | tee "$RESULTS/step.txt" || true
