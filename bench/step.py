@@ -154,6 +154,7 @@ def main():
     parser.add_argument("--topk", type=int, default=100)
     parser.add_argument("--vocab_chunk", type=int, default=8192)
     parser.add_argument("--attention", default=None, help="model attention_impl (plain | blockwise | cudnn | splash)")
+    parser.add_argument("--layers", type=int, default=None, help="override the number of layers (smoke tests)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--mem_completion", type=int, default=2048)
     parser.add_argument("--mem_hidden", type=int, default=64)
@@ -165,6 +166,8 @@ def main():
         kw = dict(SIZES[args.size])
         if args.attention:
             kw["attention_impl"] = args.attention
+        if args.layers:
+            kw["num_layers"] = args.layers
         cfg = models.ModelConfig(**kw)
         time_steps(args, cfg)
     if not args.skip_memory:
