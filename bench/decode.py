@@ -1,14 +1,16 @@
 """Decode throughput of `sdpo_jax.sampling.generate` vs Hugging Face `generate(use_cache=True)`.
 
     python bench/decode.py --threads 1       # CPU: tiny Qwen2 vs transformers, B = 1, 8, 32
-    python bench/decode.py --size qwen3-0.6b --batches 32,128 --prompt_len 512 \
-        --new_tokens 512 --scan               # GPU/TPU: no peer, bandwidth reached instead
+    python bench/decode.py --size qwen3-0.6b --batches 16,64 --prompt_len 256 \
+        --new_tokens 256                      # GPU/TPU: no peer, bandwidth reached instead
 
 Both sides sample (temperature 1, no top-k/top-p) exactly `--new_tokens` tokens per row after a
-`--prompt_len` prompt (no stop ids), on the same weights, in the same process; tokens/s counts new
-tokens over the whole call (prefill included) for both. Prints the ratio, the KV-cache bytes, the
-compiled decode program's memory, the compile time (first call minus a steady call) and, without a
-peer, the memory bandwidth the decode loop reaches (weights + cache read once per step).
+`--prompt_len` prompt (no stop ids), on the same weights, in the same process, their timed calls
+alternating; tokens/s counts new tokens over the whole call (prefill included) for both. Prints
+the ratios (wall and process CPU time: on a shared machine the CPU-time ratio is the steadier
+one), the KV-cache bytes, the compiled decode program's memory, the compile time (first call minus
+a steady call) and, without a peer, the memory bandwidth the decode loop reaches (weights + cache
+read once per step).
 `--size tiny` is the issue's tiny Qwen2 (4 layers, hidden 256, 4 heads / 2 KV heads, intermediate
 1024, vocab 32000, tied); `--size qwen3-0.6b` a Qwen3-0.6B-shaped model with random weights.
 """
@@ -45,13 +47,11 @@ QWEN3_06B = dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, num_la
                  qk_norm="per_head", rope_theta=1000000.0, tie_word_embeddings=True, pad_token_id=0)
 
 
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+def _timed(fn):
+    """(wall seconds, process CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def _build(args, tmp):
@@ -64,11 +64,9 @@ def _build(args, tmp):
         hf = transformers.AutoModelForCausalLM.from_config(transformers.Qwen2Config(**TINY_HF))
         hf = hf.float().eval()
         hf.save_pretrained(tmp)
-        cfg, params = models.load_pretrained(tmp, dtype=args.dtype, compute_dtype=args.dtype,
-                                             scan_layers=args.scan)
+        cfg, params = models.load_pretrained(tmp, dtype=args.dtype, compute_dtype=args.dtype)
         return cfg, params, (hf if args.hf else None)
-    cfg = models.ModelConfig(**QWEN3_06B, param_dtype=args.dtype, compute_dtype=args.dtype,
-                             scan_layers=args.scan)
+    cfg = models.ModelConfig(**QWEN3_06B, param_dtype=args.dtype, compute_dtype=args.dtype)
     return cfg, jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0)), None
 
 
@@ -77,6 +75,7 @@ def _decode_memory(cfg, params, batch, args):
     ids = jnp.ones((batch, args.prompt_len), jnp.int32)
     spec = sampling.SamplingSpec(args.temperature, 0, 1.0)
     stop, pad, key = jnp.zeros((0,), jnp.int32), jnp.int32(0), jax.random.key(0)
+    cfg = cfg.replace(scan_layers=True, remat=False)  # as generate runs it
     state = sampling._prefill(cfg, params, ids, ids, stop, pad, key, spec=spec, n=1,
                               max_new_tokens=args.new_tokens, cache_dtype=jnp.dtype(args.dtype),
                               mesh=None)
@@ -94,13 +93,11 @@ def main():
     parser.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (else)")
     parser.add_argument("--no_hf", dest="hf", action="store_false",
                         help="skip the transformers peer")
-    parser.add_argument("--scan", action="store_true", help="scan over layers (compile time)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for both sides (1: single-threaded XLA and torch; on a "
                              "shared, oversubscribed CPU torch's 2-thread pool runs ~10x slower)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed sdpo_jax calls (median)")
-    parser.add_argument("--hf_repeats", type=int, default=1,
-                        help="timed transformers calls (median)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls per side, the two sides alternating (median)")
     args = parser.parse_args()
     backend = jax.default_backend()
     args.dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
@@ -117,10 +114,9 @@ def main():
         cfg, params, hf = _build(args, tmp)
     param_bytes = sampling.tree_nbytes(params)["total"]
     print(f"model: {args.size} ({cfg.num_params / 1e6:.1f}M params, "
-          f"{param_bytes / 2**20:.1f} MiB, scan {cfg.scan_layers}), "
-          f"dtype {args.dtype}, prompt {args.prompt_len}, new tokens {args.new_tokens}, "
-          f"temperature {args.temperature}, median of {args.repeats} (ours) / {args.hf_repeats} "
-          f"(transformers) timed calls")
+          f"{param_bytes / 2**20:.1f} MiB), dtype {args.dtype}, prompt {args.prompt_len}, "
+          f"new tokens {args.new_tokens}, temperature {args.temperature}, median of "
+          f"{args.repeats} timed calls per side, alternating")
 
     rng = np.random.default_rng(0)
     for batch in [int(b) for b in args.batches.split(",")]:
@@ -134,20 +130,8 @@ def main():
             assert out.tokens.shape == (batch, args.new_tokens)
             assert out.lengths.min() == args.new_tokens
 
-        start = time.perf_counter()
-        ours()
-        first = time.perf_counter() - start
-        t_ours, _ = _median_time(ours, args.repeats)
-        new_tokens = batch * args.new_tokens
-        slots = args.prompt_len + args.new_tokens
-        cache_bytes = 2 * cfg.num_layers * batch * slots * cfg.num_kv_heads * cfg.head_dim \
-            * jnp.dtype(args.dtype).itemsize
-        mem = _decode_memory(cfg, params, batch, args)
-        line = (f"B={batch:4d}  sdpo_jax {new_tokens / t_ours:9.1f} tok/s ({t_ours:.3f} s)  "
-                f"compile {first - t_ours:.2f} s  kv-cache {cache_bytes / 2**20:.2f} MiB  "
-                f"decode program: args {mem.argument_size_in_bytes / 2**20:.1f} MiB, "
-                f"temp {mem.temp_size_in_bytes / 2**20:.2f} MiB, "
-                f"aliased {mem.alias_size_in_bytes / 2**20:.1f} MiB")
+        first, _ = _timed(ours)
+        theirs = None
         if hf is not None:
             import torch
 
@@ -163,9 +147,28 @@ def main():
                 assert out.shape == (batch, args.prompt_len + new_tokens)
 
             theirs(8)  # warm-up
-            t_hf, _ = _median_time(theirs, args.hf_repeats)
-            line += (f"  | transformers {new_tokens / t_hf:9.1f} tok/s ({t_hf:.3f} s)  "
-                     f"ratio {t_hf / t_ours:.2f}x")
+        ours_times, hf_times = [], []
+        for _ in range(args.repeats):  # alternate, so both sides see the same machine load
+            ours_times.append(_timed(ours))
+            if theirs is not None:
+                hf_times.append(_timed(theirs))
+        t_ours, c_ours = (statistics.median(x) for x in zip(*ours_times))
+        new_tokens = batch * args.new_tokens
+        slots = args.prompt_len + args.new_tokens
+        cache_bytes = 2 * cfg.num_layers * batch * slots * cfg.num_kv_heads * cfg.head_dim \
+            * jnp.dtype(args.dtype).itemsize
+        mem = _decode_memory(cfg, params, batch, args)
+        line = (f"B={batch:3d}  sdpo_jax {new_tokens / t_ours:8.1f} tok/s ({t_ours:.3f} s wall, "
+                f"{c_ours:.3f} s cpu)  compile {first - t_ours:.2f} s  kv-cache "
+                f"{cache_bytes / 2**20:.2f} MiB  decode program: args "
+                f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, temp "
+                f"{mem.temp_size_in_bytes / 2**20:.2f} MiB, aliased "
+                f"{mem.alias_size_in_bytes / 2**20:.1f} MiB")
+        if hf_times:
+            t_hf, c_hf = (statistics.median(x) for x in zip(*hf_times))
+            line += (f"\n        transformers {new_tokens / t_hf:8.1f} tok/s ({t_hf:.3f} s wall, "
+                     f"{c_hf:.3f} s cpu)  ratio {t_hf / t_ours:.2f}x wall, "
+                     f"{c_hf / c_ours:.2f}x cpu time")
         else:  # decode is memory bound: weights + the cache are read once per step
             per_step = param_bytes + cache_bytes
             line += (f"  | ~{per_step * args.new_tokens / t_ours / 1e9:.0f} GB/s "

@@ -29,3 +29,8 @@ timeout 150 $PY bench/forward.py --size qwen3-0.6b --batch 1 --seq 16384 --atten
 # 8 x (512 prompt | 1536 completion), teacher prompt 1024. A failure here does not stop the script.
 timeout 300 $PY bench/step.py --size qwen3-0.6b --batch 8 --prompt 512 --completion 1536 \
   --teacher_prompt 1024 --attention "$fused" --iters 10 2>&1 | tee "$RESULTS/step.txt" || true
+
+# --- issue 3: on-device rollout (jitted prefill + while_loop decode, bf16 KV cache), no peer ----
+# Qwen3-0.6B-shaped random bf16 weights, prompt 256, 256 sampled tokens; tokens/s and bandwidth
+timeout 150 $PY bench/decode.py --size qwen3-0.6b --batches 16,64 --prompt_len 256 \
+  --new_tokens 256 --repeats 2 2>&1 | tee "$RESULTS/decode.txt" || true
