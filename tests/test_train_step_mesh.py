@@ -80,3 +80,23 @@ def test_adamw_state_is_sharded_like_the_parameters():
     assert jax.tree.map(lambda x: x.sharding.spec, mu) == specs
     assert jax.tree.map(lambda x: x.sharding.spec, state.teacher_params) == specs
     assert state.teacher_params["embed"].dtype == jnp.float32 and state.step.sharding.spec == P()
+
+
+def test_generation_batch_on_eight_devices_is_weight_moves_on_the_second_minibatch():
+    """update_on_generation_batch on the 2x2x2 mesh with one group per mini-batch: IS weight 1 on the first
+    mini-batch (old log-probs = current), not 1 on the second; the EMA teacher moves once and keeps the
+    parameter shardings; the step compiled once."""
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    settings = dataclasses.replace(BASE, teacher_kind="ema", ema_rate=0.5, minibatch_groups=1)
+    opt = ts.make_optimizer(3e-2, 0)
+    state = ts.init_train_state(MODEL, settings, make_params(13), opt, mesh)
+    teacher0 = jax.tree.map(np.asarray, state.teacher_params)
+    step = ts.make_train_step(MODEL, settings, opt, mesh)
+    state, metrics = ts.update_on_generation_batch(step, MODEL, settings, state, make_batch(13), mesh=mesh)
+    np.testing.assert_allclose(metrics["is_weight_mean"][0], 1.0, atol=1e-5)
+    assert abs(metrics["is_weight_mean"][1] - 1.0) > 1e-4 and float(metrics["ema_updated"][0]) == 1.0
+    for t0, t1, p in zip(jax.tree.leaves(teacher0), jax.tree.leaves(state.teacher_params),
+                         jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(np.asarray(t1), 0.5 * t0 + 0.5 * np.asarray(p), rtol=1e-6, atol=1e-7)
+        assert t1.sharding.is_equivalent_to(p.sharding, p.ndim)
+    assert step.jitted._cache_size() == 1
