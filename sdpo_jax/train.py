@@ -28,9 +28,6 @@ from sdpo_jax import train_step as ts
 from sdpo_jax.logging import MetricsLogger, plot_curves, read_jsonl
 from sdpo_jax.tokenizer import apply_chat_template, load_tokenizer
 
-STOP, LENGTH = 0, 1
-
-
 def log0(*args) -> None:
     if jax.process_index() == 0:
         print(*args, flush=True)
@@ -56,8 +53,8 @@ def build_model(cfg, tokenizer, mesh):
         qk_norm="per_head" if init.model_type == "qwen3" else "none", qkv_bias=init.model_type == "qwen2",
         tie_word_embeddings=init.tie_word_embeddings, sliding_window=init.sliding_window,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
-    params = models.init_params(model_cfg, jax.random.key(cfg.seed))
-    return model_cfg, sharding.shard_params(params, sharding.param_shardings(model_cfg, mesh))
+    return model_cfg, models.init_params(model_cfg, jax.random.key(cfg.seed),
+                                         shardings=sharding.param_shardings(model_cfg, mesh))
 
 
 def step_settings(cfg) -> ts.StepSettings:
@@ -116,7 +113,7 @@ def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: 
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     generate_s = time.time() - start
     texts = completion_texts(run.tokenizer, tokens, lengths)
-    truncated = list(np.asarray(out.finish_reason) == LENGTH)
+    truncated = list(np.asarray(out.finish_reason) == sampling.FINISH_LENGTH)
     row_problems = [p for p in problems for _ in range(n)]
     start = time.time()
     scores, score_stats = run.scorer(row_problems, texts, truncated)
