@@ -3,12 +3,14 @@
     python -m sdpo_jax.ttt --config=configs/ttt_demo.py
 
 The model is the demo's (configs/demo.py), warm-started once and saved under runs/demo_warm_start
-(made here when missing). Hard questions: two chained ops (difficulty 3; the warm start only saw one
-op) that the initial model solved in at most 1 of 32 draws. Every method gets the same initial
-weights and a budget of 256 attempts per question and seed: SDPO in batches of 16 with one step per
-batch (reverse KL, top-K 20, EMA 0.01, advantage clip 5.0, a larger lr than the paper's 1e-6 because
-the model is tiny), best-of-k from 320 i.i.d. draws, and multi-turn prompting with all past feedback
-trimmed to the 256-token context the warm start trained on. Budget: under 10 minutes on 2 CPU cores.
+(made here when missing). Hard questions, picked as the paper picks them (a low pass rate of the
+initial model): instances of the warm start's own task (difficulty 2) that it solved in only 1 or 2
+of 64 draws (draws independent of best-of-k's), the first 8 of 160 candidates. Every method starts
+from the same weights with a budget of 256 attempts per question and seed (5 seeds): SDPO in batches
+of 16, one step per batch (reverse KL, top-K 20, EMA 0.01, advantage clip 5.0; lr 1e-4 instead of
+the paper's 1e-6 because the model is tiny, chosen in a pilot on other questions), best-of-k from 512
+i.i.d. draws, and multi-turn prompting with all past feedback, the oldest dropped first to fit 256
+tokens (the teacher prompt's max_len). Budget: under 10 minutes on 2 CPU cores.
 """
 
 from configs import demo
@@ -35,16 +37,17 @@ def get_config():
 
     c.ttt = ttt_defaults()
     c.ttt.questions = "synthetic"
-    c.ttt.synthetic_difficulty = 3
-    c.ttt.candidate_questions = 48
+    c.ttt.synthetic_difficulty = 2  # the warm start's own distribution ...
+    c.ttt.candidate_questions = 160
     c.ttt.question_seed = 7
-    c.ttt.select_samples = 32
-    c.ttt.select_max_rate = 1 / 32
-    c.ttt.num_questions = 6
+    c.ttt.select_samples = 64  # ... keeping the hard instances: 1 or 2 successes in 64 draws
+    c.ttt.select_min_rate = 1 / 64
+    c.ttt.select_max_rate = 2 / 64
+    c.ttt.num_questions = 8
     c.ttt.seeds = 5
     c.ttt.budget = 256
     c.ttt.batch_size = 16
-    c.ttt.best_of_k_samples = 320
+    c.ttt.best_of_k_samples = 512
     c.ttt.sample_rows = 512
     c.ttt.multi_turn_max_prompt_tokens = 256
     c.ttt.multi_turn_prompt_buckets = (64, 96, 128, 160, 192, 256)

@@ -19,11 +19,10 @@ bootstrap CIs over seeds and summaries) and discovery.png. Estimators live in `s
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +45,8 @@ def ttt_defaults() -> ml_collections.ConfigDict:
     t.synthetic_difficulty = 3
     t.candidate_questions = 64  # synthetic: candidates drawn before selection
     t.question_seed = 1234
-    t.select_samples = 0  # >0: keep questions whose success rate over this many draws <= select_max_rate
+    t.select_samples = 0  # >0: keep questions whose success rate over this many draws is in
+    t.select_min_rate = 0.0  # [select_min_rate, select_max_rate] (draws independent of best-of-k's)
     t.select_max_rate = 0.0
     t.seeds = 5
     t.budget = 2750  # attempts per question and seed (every attempt counted)
@@ -91,10 +91,15 @@ def validate_ttt(cfg) -> None:
         raise config_lib.ConfigError(
             f"config: ttt.multi_turn_max_prompt_tokens={t.multi_turn_max_prompt_tokens} exceeds the largest of "
             f"ttt.multi_turn_prompt_buckets={tuple(t.multi_turn_prompt_buckets)}; add a bucket")
+    if not 0.0 <= t.select_min_rate <= t.select_max_rate <= 1.0:
+        raise config_lib.ConfigError(
+            f"config: need 0 <= ttt.select_min_rate={t.select_min_rate} <= "
+            f"ttt.select_max_rate={t.select_max_rate} <= 1")
     if not 0.0 < t.confidence < 1.0:
         raise config_lib.ConfigError(f"config: ttt.confidence={t.confidence} must be in (0, 1), e.g. 0.9")
     if any(k > t.budget or k < 1 for k in t.report_ks):
-        raise config_lib.ConfigError(f"config: ttt.report_ks={tuple(t.report_ks)} must lie in [1, ttt.budget={t.budget}]")
+        raise config_lib.ConfigError(
+            f"config: ttt.report_ks={tuple(t.report_ks)} must lie in [1, ttt.budget={t.budget}]")
     if cfg.data.prompts_per_step != 1 or cfg.rollout.n != t.batch_size:
         raise config_lib.ConfigError(
             f"config: test-time SDPO trains on one question with ttt.batch_size attempts per step; set "
@@ -170,12 +175,11 @@ def setup(cfg, *, devices=None, log: Callable[..., None] = print):
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     model_cfg, params = train.build_model(cfg, tokenizer, mesh)
     env = envs_lib.get_env(cfg.env.name)
-    if hasattr(env, "check_ready"):
-        env.check_ready(unsafe=cfg.env.unsafe_allow_no_sandbox)
     extra = model_cfg.eos_token_id
     extra = [extra] if isinstance(extra, int) else list(extra or ())
     eos_ids = tuple(sorted({tokenizer.eos_token_id, *extra}))
-    scorer = envs_lib.base.Scorer(cfg.env.name, num_workers=cfg.env.num_workers or None, timeout_s=cfg.env.timeout_s)
+    scorer = envs_lib.base.Scorer(cfg.env.name, num_workers=cfg.env.num_workers or None, timeout_s=cfg.env.timeout_s,
+                                  env_options={"unsafe": cfg.env.unsafe_allow_no_sandbox})  # runs check_ready
     run = train.Run(cfg, mesh, tokenizer, model_cfg, env, scorer.score, train.step_settings(cfg), eos_ids)
     run_closer = getattr(scorer, "close", lambda: None)
     if cfg.warm_start.steps:
@@ -200,18 +204,18 @@ def load_questions(run, params0, *, log: Callable[..., None] = print) -> tuple[l
         start = time.time()
         counts = sample_success_counts(run, params0, rows, t.select_samples, key=_key(cfg.seed, "select"))
         rates = counts / t.select_samples
-        keep = [i for i, r in enumerate(rates) if r <= t.select_max_rate]
-        info.update(select_samples=int(t.select_samples), select_max_rate=float(t.select_max_rate),
-                    candidate_rates=[float(r) for r in rates], selected=len(keep),
-                    select_wall_s=time.time() - start)
-        log(f"selection: {len(keep)}/{len(rows)} questions with success rate <= {t.select_max_rate} over "
-            f"{t.select_samples} draws ({time.time() - start:.1f}s)")
+        keep = [i for i, r in enumerate(rates) if t.select_min_rate <= r <= t.select_max_rate]
+        info.update(select_samples=int(t.select_samples), select_min_rate=float(t.select_min_rate),
+                    select_max_rate=float(t.select_max_rate), candidate_rates=[float(r) for r in rates],
+                    selected=len(keep), select_wall_s=time.time() - start)
+        log(f"selection: {len(keep)}/{len(rows)} questions with success rate in [{t.select_min_rate:.4f}, "
+            f"{t.select_max_rate:.4f}] over {t.select_samples} draws ({time.time() - start:.1f}s)")
         rows = [rows[i] for i in keep]
     if t.num_questions:
         rows = rows[:t.num_questions]
     if not rows:
-        raise ValueError("ttt: no questions left after selection; raise ttt.select_max_rate or "
-                         "ttt.candidate_questions")
+        raise ValueError("ttt: no questions left after selection; widen [ttt.select_min_rate, "
+                         "ttt.select_max_rate] or raise ttt.candidate_questions")
     return rows, info
 
 
@@ -324,7 +328,7 @@ def multi_turn(run, params0, problems: Sequence[dict], *, seeds: int, log: Calla
             pad_id=tok.pad_token_id)
         tokens, lengths = np.asarray(out.tokens)[:len(active)], np.asarray(out.lengths)[:len(active)]
         texts = train.completion_texts(tok, tokens, lengths)
-        truncated = list(np.asarray(out.finish_reason)[:len(active)] == train.LENGTH)
+        truncated = list(np.asarray(out.finish_reason)[:len(active)] == sampling.FINISH_LENGTH)
         scores, _ = run.scorer([problems[c["question_index"]] for c in active], texts, truncated)
         for c, score in zip(active, scores):
             if score.reward >= cfg.reprompt.success_threshold:
@@ -384,7 +388,8 @@ def run_ttt(cfg, *, devices=None, log: Callable[..., None] = print) -> dict:
                              "samples": int(t.best_of_k_samples), "successes": int(c),
                              f"pass@{t.budget}": dsc.pass_at_k(t.best_of_k_samples, int(c), t.budget)})
             timings["best_of_k_wall_s"] = time.time() - start
-            log(f"best-of-k: successes per question {counts.tolist()} of {t.best_of_k_samples} ({timings['best_of_k_wall_s']:.1f}s)")
+            log(f"best-of-k: successes per question {counts.tolist()} of {t.best_of_k_samples} "
+                f"({timings['best_of_k_wall_s']:.1f}s)")
             curves.append(dsc.pass_at_k_bootstrap_curve(
                 "best_of_k", [(t.best_of_k_samples, int(c)) for c in counts], t.budget,
                 num_resamples=t.bootstrap_resamples, confidence=t.confidence, seed=cfg.seed))

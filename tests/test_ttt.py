@@ -84,6 +84,10 @@ def test_validate_ttt_names_the_bad_field():
     with pytest.raises(config_lib.ConfigError, match="rollout.n"):
         ttt.validate_ttt(cfg)
     cfg = ttt_demo.get_config()
+    cfg.ttt.select_min_rate = 0.5
+    with pytest.raises(config_lib.ConfigError, match="select_min_rate"):
+        ttt.validate_ttt(cfg)
+    cfg = ttt_demo.get_config()
     with cfg.ttt.unlocked():
         cfg.ttt.budgett = 3
     with pytest.raises(config_lib.ConfigError, match="ttt.budgett"):
@@ -139,8 +143,8 @@ def test_two_question_run_completes_and_restores_weights_between_questions(tmp_p
 
 def test_first_success_counts_every_attempt_and_stops(tmp_path):
     """With a scorer that first accepts row 5 of the third batch of 8, SDPO reports attempt
-    2*8 + 5 = 21 after exactly 2 training steps (24 attempts sampled); a multi-turn chain accepted on turn 3 reports 3 and
-    has seen the 2 earlier feedbacks."""
+    2*8 + 5 = 21 after exactly 2 training steps (24 attempts sampled); a multi-turn chain accepted
+    on turn 3 reports 3 and has seen the 2 earlier feedbacks."""
     cfg = _tiny_config(tmp_path)
     cfg.ttt.budget = 32
     cfg.ttt.best_of_k_samples = 32
@@ -173,6 +177,16 @@ def test_first_success_counts_every_attempt_and_stops(tmp_path):
         run.scorer = chain_scorer
         chains = ttt.multi_turn(run, params0, [problem], seeds=1, log=lambda *a: None)
         assert chains[0]["first_success"] == 3 and chains[0]["feedbacks_seen"] == 2
+
+        run.scorer = lambda problems, texts, truncated: ([Score(float(i % 4 == 0), "x") for i in
+                                                          range(len(texts))], {})
+        cfg.ttt.select_samples, cfg.ttt.candidate_questions = 8, 3
+        cfg.ttt.select_min_rate, cfg.ttt.select_max_rate = 0.2, 0.3  # every question: 2 of 8
+        picked, info = ttt.load_questions(run, params0, log=lambda *a: None)
+        assert len(picked) == 2 and info["candidate_rates"] == [0.25] * 3  # num_questions=2 of 3 kept
+        cfg.ttt.select_min_rate = 0.5
+        with pytest.raises(ValueError, match="select_min_rate"):
+            ttt.load_questions(run, params0, log=lambda *a: None)
     finally:
         close()
     assert np.isfinite(result["end_fingerprint"])
