@@ -302,7 +302,10 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     put = (lambda x, s: jnp.asarray(x)) if mesh is None else jax.device_put
     ids_bp, mask_bp = put(ids_bp, prompt_sharding), put(mask_bp, prompt_sharding)
-    stop_ids_e = put(np.asarray(stop_ids, np.int32).reshape(-1), replicated)
+    # -1 pads the stop ids to a multiple of 8 (never a token), so their count does not recompile.
+    stop_pad = np.full((-(-max(len(stop_ids), 1) // 8) * 8,), -1, np.int32)
+    stop_pad[: len(stop_ids)] = stop_ids
+    stop_ids_e = put(stop_pad, replicated)
     pad = put(np.int32(pad_id), replicated)
     key = _as_key(rng)
     if mesh is not None:
