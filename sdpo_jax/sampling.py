@@ -16,7 +16,10 @@ Programs: one prefill per (prompt bucket, batch, max_new_tokens, sampling flags)
 the same key; both are module-level `jax.jit`s, so `_prefill._cache_size()` counts compiles. The
 prefill projects only the last prompt position to the vocabulary, runs each distinct prompt once and
 repeats its cache n times. The decode feeds one token per row per step (positions continue from the
-prompt's mask), writes its K/V at slot P + t, and stops when every row has hit a stop id.
+prompt's mask), writes its K/V at slot P + t, and stops when every row has hit a stop id. Both run
+the layer stack under `lax.scan` whatever `cfg.scan_layers` says (one compiled layer body; faster
+decode steps on XLA:CPU); stop ids are padded with -1 to a multiple of 8 so their count does not
+recompile. Tokens are drawn by inverse CDF (sampling_ops), one uniform per row per step.
 """
 
 from __future__ import annotations
