@@ -121,7 +121,8 @@ def base_config() -> ConfigDict:
     c.loss.dual_clip = 3.0
     c.loss.adv_clip = placeholder(float)
     c.loss.norm_adv_by_std = False
-    c.loss.vocab_chunk = 8192
+    c.loss.vocab_chunk = 8192  # vocabulary columns per chunk of the train step's loss
+    c.loss.seq_chunk = 4096  # tokens (of the flattened batch) per chunk of the train step's loss
 
     c.teacher = ConfigDict()
     c.teacher.kind = "ema"  # ema | trust_region | frozen | live

@@ -67,7 +67,7 @@ def step_settings(cfg) -> ts.StepSettings:
         temperature=cfg.rollout.temperature, clip_low=loss.clip_low, clip_high=loss.clip_high,
         dual_clip=loss.dual_clip, adv_clip=loss.adv_clip, norm_adv_by_std=loss.norm_adv_by_std,
         teacher_kind=teacher.kind, ema_rate=teacher.ema_rate, trust_region_mix=teacher.trust_region_mix,
-        vocab_chunk=loss.vocab_chunk, micro_batches=optim.micro_batches, minibatch_groups=mini,
+        vocab_chunk=loss.vocab_chunk, seq_chunk=loss.seq_chunk, micro_batches=optim.micro_batches, minibatch_groups=mini,
     )
 
 
