@@ -4,13 +4,13 @@
 
 The model is the demo's (configs/demo.py), warm-started once and saved under runs/demo_warm_start
 (made here when missing). Hard questions, picked as the paper picks them (a low pass rate of the
-initial model): instances of the warm start's own task (difficulty 2) that it solved in only 1 or 2
-of 64 draws (draws independent of best-of-k's), the first 8 of 160 candidates. Every method starts
-from the same weights with a budget of 256 attempts per question and seed (5 seeds): SDPO in batches
-of 16, one step per batch (reverse KL, top-K 20, EMA 0.01, advantage clip 5.0; lr 1e-4 instead of
-the paper's 1e-6 because the model is tiny, chosen in a pilot on other questions), best-of-k from 512
-i.i.d. draws, and multi-turn prompting with all past feedback, the oldest dropped first to fit 256
-tokens (the teacher prompt's max_len). Budget: under 10 minutes on 2 CPU cores.
+initial model): instances of the warm start's own task (data.synthetic_difficulty, 2) that it solved
+in only 1 or 2 of 64 draws (draws independent of best-of-k's), the first 8 of 160 candidates. Every
+method starts from the same weights with a budget of 256 attempts per question and seed (5 seeds):
+SDPO in batches of 16, one step per batch (reverse KL, top-K 20, EMA 0.01, advantage clip 5.0; lr
+1e-4 instead of the paper's 1e-6 because the model is tiny, chosen in a pilot on other questions),
+best-of-k from 512 i.i.d. draws, and multi-turn prompting with all past feedback, the oldest dropped
+first to fit 256 tokens (the teacher prompt's max_len). Budget: under 10 minutes on 2 CPU cores.
 """
 
 from configs import demo
@@ -37,7 +37,7 @@ def get_config():
 
     c.ttt = ttt_defaults()
     c.ttt.questions = "synthetic"
-    c.ttt.synthetic_difficulty = 2  # the warm start's own distribution ...
+    c.ttt.synthetic_difficulty = c.data.synthetic_difficulty  # the warm start's own task ...
     c.ttt.candidate_questions = 160
     c.ttt.question_seed = 7
     c.ttt.select_samples = 64  # ... keeping the hard instances: 1 or 2 successes in 64 draws

@@ -4,9 +4,11 @@
         --config.model.path=/ckpt/Qwen3-8B --config.tokenizer.path=/ckpt/Qwen3-8B \
         --config.ttt.questions=/data/lcb_v6_hard.jsonl
 
-For accelerators (one 8-GPU host or a TPU slice; not the CPU). `ttt.questions` is a JSONL of code-
-environment problems (e.g. `sdpo_jax.data.from_livecodebench` rows): the paper's 19 "hard" questions
-(Qwen3-8B pass@64 < 0.5; Q9 dropped) or its 9 "very hard" ones (pass@64 < 0.03), with all tests.
+For accelerators (one 8-GPU host or a TPU slice; not the CPU; untested at this scale). Memory per
+(question, seed) run is the RL run's: fp32 params + Adam + fp32 EMA teacher (see lcb_qwen3_8b.py).
+`ttt.questions` is a JSONL of code-environment problems (`sdpo_jax.data.from_livecodebench` rows):
+the paper's 19 "hard" questions (Qwen3-8B pass@64 < 0.5; Q9 dropped) or its 9 "very hard" ones
+(pass@64 < 0.03), with all tests.
 Per question and seed: fresh weights, 16 attempts per step, one SDPO step per batch (reverse KL,
 top-K 20 + tail, EMA teacher 0.01, lr 1e-6 constant, rollout IS clip 2, advantage clip 5.0), T = 1.0,
 responses <= 8192 tokens, 2750 attempts, 5 seeds. Baselines: best-of-k from 2944 samples and multi-turn
@@ -16,18 +18,22 @@ prompting with all past feedback FIFO-trimmed to 32k tokens. 90 % bootstrap CIs 
 from sdpo_jax.config import base_config
 from sdpo_jax.ttt import ttt_defaults
 
+MODEL_PLACEHOLDER = "<unset; pass --config.tokenizer.path=/path/to/Qwen3-8B and --config.model.path>"
+QUESTIONS_PLACEHOLDER = "<unset; pass --config.ttt.questions=/path/to/lcb_v6_hard.jsonl>"
+
 
 def get_config():
     c = base_config()
     c.run_dir = "runs/ttt_lcb_qwen3_8b"
     c.seed = 0
-    c.model.path = "checkpoints/Qwen3-8B"  # an HF directory (config.json + safetensors)
-    c.tokenizer.path = "checkpoints/Qwen3-8B"
+    c.model.path = None  # unset: validate accepts None; the tokenizer placeholder fails first at start-up
+    c.tokenizer.path = MODEL_PLACEHOLDER
     c.tokenizer.enable_thinking = False
     c.model.compute_dtype = "bfloat16"  # fp32 master weights, bf16 compute (as the official runs)
     c.model.param_dtype = "float32"
     c.model.attention_impl = "blockwise"
     c.model.remat = True
+    c.model.scan_layers = True
     c.mesh.data = 1
     c.mesh.fsdp = -1
     c.mesh.tensor = 1
@@ -68,7 +74,7 @@ def get_config():
     c.logging.progress_bar = False
 
     c.ttt = ttt_defaults()
-    c.ttt.questions = "data/lcb_v6_hard.jsonl"
+    c.ttt.questions = QUESTIONS_PLACEHOLDER
     c.ttt.num_questions = 0  # all of them
     c.ttt.select_samples = 0  # the question set is already the hard one
     c.ttt.seeds = 5

@@ -95,6 +95,9 @@ def validate_ttt(cfg) -> None:
         raise config_lib.ConfigError(
             f"config: need 0 <= ttt.select_min_rate={t.select_min_rate} <= "
             f"ttt.select_max_rate={t.select_max_rate} <= 1")
+    if t.questions != "synthetic" and ":" not in t.questions.replace("://", "") and not os.path.exists(t.questions):
+        raise config_lib.ConfigError(f"config: ttt.questions={t.questions!r} does not exist; pass a JSONL of problems "
+                                     "(or 'synthetic', or an import path 'pkg.module:function')")
     if not 0.0 < t.confidence < 1.0:
         raise config_lib.ConfigError(f"config: ttt.confidence={t.confidence} must be in (0, 1), e.g. 0.9")
     if any(k > t.budget or k < 1 for k in t.report_ks):
@@ -448,7 +451,11 @@ def main(argv: list[str]) -> int:
 
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from absl import logging as absl_logging
+
     from sdpo_jax import config as config_lib
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax INFO lines drown the progress lines
 
     cfg = _CONFIG.value
     try:

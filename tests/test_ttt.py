@@ -64,7 +64,7 @@ def test_multi_turn_prompt_matches_the_sdpo_teacher_prompt_and_errors_when_too_l
         ttt.build_multi_turn_prompt(tokenizer, messages, [feedback], max_prompt_tokens=5)
 
 
-def test_validate_ttt_names_the_bad_field():
+def test_validate_ttt_names_the_bad_field(tmp_path):
     """validate_ttt rejects unknown ttt keys, N < budget for best-of-k, and a batch that is not one
     question x ttt.batch_size attempts; the shipped configs validate."""
     for module in (ttt_demo,):
@@ -72,8 +72,11 @@ def test_validate_ttt_names_the_bad_field():
     from configs import ttt_lcb_qwen3_8b
 
     paper = ttt_lcb_qwen3_8b.get_config()
-    with paper.unlocked():
-        paper.model.path = None  # the checkpoint directory is not on this machine
+    with pytest.raises(config_lib.ConfigError, match="ttt.questions"):
+        ttt.validate_ttt(paper)  # the question file is a placeholder until the user passes one
+    questions = tmp_path / "hard.jsonl"
+    questions.write_text("{}\n")
+    paper.ttt.questions = str(questions)
     ttt.validate_ttt(paper)
     cfg = ttt_demo.get_config()
     cfg.ttt.best_of_k_samples = 10
