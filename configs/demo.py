@@ -17,7 +17,7 @@ def get_config():
 
     c.model.init.model_type = "qwen3"
     c.model.init.hidden_size = 128
-    c.model.init.num_layers = 2
+    c.model.init.num_layers = 4
     c.model.init.num_heads = 4
     c.model.init.num_kv_heads = 2
     c.model.init.head_dim = 32
@@ -26,7 +26,7 @@ def get_config():
     c.env.name = "synthetic"
     c.env.num_workers = 1
     c.data.train = "synthetic"
-    c.data.synthetic_difficulty = 2
+    c.data.synthetic_difficulty = 1
     c.data.synthetic_train_size = 4096
     c.data.prompts_per_step = 16
     c.data.eval_prompts = 128
@@ -44,16 +44,16 @@ def get_config():
     c.loss.alpha = 1.0  # reverse KL, as in the paper's rich-feedback runs
     c.teacher.kind = "ema"
     c.teacher.ema_rate = 0.05
-    c.optim.lr = 5e-4
+    c.optim.lr = 1e-4
     c.optim.warmup_steps = 0
 
-    c.warm_start.steps = 300
+    c.warm_start.steps = 500
     c.warm_start.lr = 3e-3
-    c.warm_start.batch_size = 64
-    c.warm_start.feedback_fraction = 0.5
+    c.warm_start.batch_size = 32
+    c.warm_start.feedback_fraction = 0.8
     c.checkpoint.warm_start_dir = "runs/demo_warm_start"
 
-    c.train.steps = 60
+    c.train.steps = 80
     c.eval.every = 10
     c.eval.n = 4
     c.checkpoint.every = 20

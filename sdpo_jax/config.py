@@ -80,6 +80,7 @@ def base_config() -> ConfigDict:
     c.data.skip_bad_rows = False
     c.data.synthetic_difficulty = 1
     c.data.synthetic_train_size = 4096
+    c.data.synthetic_final_ops = ()  # e.g. ("max", "min"): every synthetic answer is one digit
 
     c.env = ConfigDict()
     c.env.name = "synthetic"

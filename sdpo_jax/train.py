@@ -209,10 +209,12 @@ def load_rows(cfg) -> tuple[list[dict], list[dict]]:
     """Training and evaluation problems. The synthetic task draws disjoint train / eval sets."""
     if cfg.data.train == "synthetic":
         level = cfg.data.synthetic_difficulty
-        train = data_lib.load_dataset("synthetic", n=cfg.data.synthetic_train_size, seed=cfg.seed, difficulty=level)
+        final_ops = tuple(cfg.data.synthetic_final_ops)
+        train = data_lib.load_dataset("synthetic", n=cfg.data.synthetic_train_size, seed=cfg.seed, difficulty=level,
+                                      final_ops=final_ops)
         seen = {(p["digits"], tuple(p["ops"])) for p in train}
         candidates = data_lib.load_dataset("synthetic", n=4 * cfg.data.eval_prompts, seed=cfg.seed + 10_000,
-                                           difficulty=level)
+                                           difficulty=level, final_ops=final_ops)
         evals = [p for p in candidates if (p["digits"], tuple(p["ops"])) not in seen][:cfg.data.eval_prompts]
         return train, evals
     train = data_lib.load_dataset(cfg.data.train, skip_bad=cfg.data.skip_bad_rows, env=cfg.env.name)

@@ -29,6 +29,10 @@ OPS: dict[str, str] = {
     "inc": "add one to each digit (9 becomes 0)",
     "dec": "subtract one from each digit (0 becomes 9)",
     "rotate": "move the first digit to the end",
+    "max": "keep only the largest digit",
+    "min": "keep only the smallest digit",
+    "first": "keep only the first digit",
+    "last": "keep only the last digit",
 }
 DEFAULT_OPS = ("reverse", "sort", "inc")
 SYSTEM_PROMPT = "Apply the ops left to right. Answer with digits only."
@@ -46,6 +50,10 @@ def _apply(op: str, digits: list[int]) -> list[int]:
         return [(d - 1) % 10 for d in digits]
     if op == "rotate":
         return digits[1:] + digits[:1]
+    if op in ("max", "min"):
+        return [max(digits) if op == "max" else min(digits)]
+    if op in ("first", "last"):
+        return [digits[0] if op == "first" else digits[-1]]
     raise ValueError(f"unknown synthetic op {op!r}; known: {', '.join(OPS)}")
 
 
@@ -63,17 +71,21 @@ def _shape_for(difficulty: int) -> tuple[int, int, int]:
 
 
 def make_problems(n: int, *, seed: int, difficulty: int = 1,
-                  ops: Sequence[str] | None = None) -> list[dict]:
+                  ops: Sequence[str] | None = None, final_ops: Sequence[str] = ()) -> list[dict]:
     """`n` problems, deterministic for the arguments.  Each is
-    {"id", "digits": "3814", "ops": ["reverse"], "answer": "4183", "difficulty": 1}."""
+    {"id", "digits": "3814", "ops": ["reverse"], "answer": "4183", "difficulty": 1}.
+    With `final_ops` (e.g. ("max", "min", "first", "last")) one of them is appended to every chain,
+    so each answer is a single digit."""
     ops = tuple(ops) if ops is not None else DEFAULT_OPS
-    for op in ops:
+    final_ops = tuple(final_ops)
+    for op in ops + final_ops:
         if op not in OPS:
             raise ValueError(f"unknown synthetic op {op!r}; known: {', '.join(OPS)}")
     if not ops:
         raise ValueError("synthetic ops must not be empty")
     num_ops, lo, hi = _shape_for(int(difficulty))
-    rng = random.Random(f"sdpo-synthetic/{seed}/{difficulty}/{','.join(ops)}")
+    rng = random.Random(f"sdpo-synthetic/{seed}/{difficulty}/{','.join(ops)}"
+                        + (f"/{','.join(final_ops)}" if final_ops else ""))
     problems = []
     for i in range(n):
         length = rng.randint(lo, hi)
@@ -82,6 +94,8 @@ def make_problems(n: int, *, seed: int, difficulty: int = 1,
         for _ in range(num_ops):  # no op twice in a row ("sort sort" is one sort)
             choices = [op for op in ops if not chain or op != chain[-1]] or list(ops)
             chain.append(rng.choice(choices))
+        if final_ops:
+            chain.append(rng.choice(final_ops))
         problem = {"id": f"synthetic-s{seed}-d{difficulty}-{i}", "digits": digits, "ops": chain,
                    "difficulty": int(difficulty)}
         problem["answer"] = expected_answer(problem)
