@@ -79,3 +79,18 @@ def test_get_env_finds_synthetic_by_name_and_path():
     """get_env resolves the built-in name and the import path to the same module."""
     assert get_env("synthetic") is synthetic
     assert get_env("sdpo_jax.envs.synthetic") is synthetic
+
+
+def test_final_reducer_ops_give_single_digit_answers():
+    """With final_ops, every chain ends in one reducer and the answer is that one digit; the problems
+    stay deterministic for a seed and differ from the ones without final ops."""
+    final = ("max", "min", "first", "last")
+    a = synthetic.make_problems(40, seed=1, difficulty=1, final_ops=final)
+    assert a == synthetic.make_problems(40, seed=1, difficulty=1, final_ops=final)
+    assert all(p["ops"][-1] in final and len(p["answer"]) == 1 for p in a)
+    p = {"id": "x", "digits": "1099", "ops": ["inc", "max"]}  # inc -> 2100 -> max 2
+    assert synthetic.expected_answer(p) == "2"
+    assert synthetic.expected_answer({"id": "y", "digits": "5274", "ops": ["sort", "last"]}) == "7"
+    assert synthetic.score(p, "2").reward == 1.0
+    with pytest.raises(ValueError, match="unknown synthetic op 'median'"):
+        synthetic.make_problems(2, seed=0, final_ops=("median",))
