@@ -4,7 +4,9 @@
 
 A short supervised warm start (saved to runs/demo_warm_start, reused by demo_grpo.py and the
 test-time demo) gives the random model some skill and the ability to read feedback in context; then
-SDPO learns from the environment's position-level feedback. Budget: about 10 minutes on 2 CPU cores.
+SDPO learns from the environment's feedback ("Wrong answer 3; expected 2 ..."). The task: one op
+(reverse / sort / inc) on 3-4 digits, then a reducer (max / min / first / last), so each answer is
+one digit. Budget: about 10 minutes on 2 CPU cores.
 """
 
 from sdpo_jax.config import base_config
@@ -27,6 +29,7 @@ def get_config():
     c.env.num_workers = 1
     c.data.train = "synthetic"
     c.data.synthetic_difficulty = 1
+    c.data.synthetic_final_ops = ("max", "min", "first", "last")  # one-digit answers (see README)
     c.data.synthetic_train_size = 4096
     c.data.prompts_per_step = 16
     c.data.eval_prompts = 128
@@ -44,16 +47,16 @@ def get_config():
     c.loss.alpha = 1.0  # reverse KL, as in the paper's rich-feedback runs
     c.teacher.kind = "ema"
     c.teacher.ema_rate = 0.05
-    c.optim.lr = 1e-4
+    c.optim.lr = 5e-4
     c.optim.warmup_steps = 0
 
-    c.warm_start.steps = 500
+    c.warm_start.steps = 300
     c.warm_start.lr = 3e-3
     c.warm_start.batch_size = 32
     c.warm_start.feedback_fraction = 0.8
     c.checkpoint.warm_start_dir = "runs/demo_warm_start"
 
-    c.train.steps = 80
+    c.train.steps = 60
     c.eval.every = 10
     c.eval.n = 4
     c.checkpoint.every = 20

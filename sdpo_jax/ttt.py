@@ -199,7 +199,8 @@ def load_questions(run, params0, *, log: Callable[..., None] = print) -> tuple[l
     cfg, t = run.cfg, run.cfg.ttt
     if t.questions == "synthetic":
         rows = data_lib.load_dataset("synthetic", n=t.candidate_questions, seed=t.question_seed,
-                                     difficulty=t.synthetic_difficulty)
+                                     difficulty=t.synthetic_difficulty,
+                                     final_ops=tuple(cfg.data.synthetic_final_ops))  # the warm start's task
     else:
         rows = data_lib.load_dataset(t.questions, env=cfg.env.name)
     info = {"candidates": len(rows)}
