@@ -31,85 +31,28 @@ Caveat: mini-batches are formed from each process's own groups, so on N hosts on
 holds N questions; the paper's 1-question mini-batch holds exactly on a single process (one host).
 """
 
-from sdpo_jax.config import base_config
+from configs.paper_common import qwen3_8b_paper_base
 
-MODEL_PLACEHOLDER = "<unset; pass --config.tokenizer.path=/path/to/Qwen3-8B and --config.model.path>"
 TRAIN_PLACEHOLDER = "<unset; pass --config.data.train=/path/to/lcb_v6/train.jsonl>"
 EVAL_PLACEHOLDER = "<unset; pass --config.data.eval=/path/to/lcb_v6/eval.jsonl>"
 
 
 def get_config():
-    c = base_config()
-    c.run_dir = "runs/lcb_qwen3_8b"
-    c.seed = 0
-
-    # model.path stays unset (validate accepts None; a missing directory would be rejected); the
-    # tokenizer placeholder fails first at start-up, before any model is built.
-    c.model.path = None
-    c.tokenizer.path = MODEL_PLACEHOLDER
-    c.tokenizer.enable_thinking = False
-    c.model.compute_dtype = "bfloat16"  # fp32 master weights, bf16 compute (as the official runs)
-    c.model.param_dtype = "float32"
-    c.model.attention_impl = "blockwise"
-    c.model.remat = True
-    c.model.scan_layers = True
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.tensor = 1
-
+    c = qwen3_8b_paper_base("runs/lcb_qwen3_8b")
     c.env.name = "code"
-    c.env.num_workers = 0  # one scorer per host core
     c.env.timeout_s = 60.0
     c.data.train = TRAIN_PLACEHOLDER
     c.data.eval = EVAL_PLACEHOLDER
-    c.data.prompts_per_step = 32
-    c.data.eval_prompts = 1024  # all of data.eval (LCBv6 has 131)
+    c.reprompt.include_feedback = True  # environment output only when no sibling solution exists
 
-    c.rollout.n = 8
-    c.rollout.temperature = 1.0
-    c.rollout.top_p = 1.0
-    c.rollout.top_k = 0
-    c.rollout.max_new_tokens = 8192
-    c.rollout.cache_dtype = "bfloat16"
-    c.rollout.prompt_buckets = (256, 512, 1024, 2048)  # max prompt 2048
-    c.rollout.completion_buckets = (256, 512, 1024, 2048, 4096, 8192)
-
-    c.reprompt.success_threshold = 0.5
-    c.reprompt.dont_reprompt_on_self_success = True
-    c.reprompt.remove_thinking = True
-    c.reprompt.include_feedback = True  # environment output ...
-    c.reprompt.feedback_only_without_solution = True  # ... only when no sibling solution exists
-    c.reprompt.max_len = 10240
-    c.reprompt.teacher_prompt_buckets = (512, 1024, 2048, 4096, 8192, 10240)
-
-    c.loss.objective = "sdpo"
-    c.loss.mode = "topk"
     c.loss.topk = 20
-    c.loss.add_tail = True
     c.loss.alpha = 1.0  # reverse KL
-    c.loss.is_clip = 2.0
-    c.loss.rollout_is_clip = 2.0
-    c.loss.aggregation = "seq_mean_token_mean"
-    c.loss.adv_clip = None
-    c.teacher.kind = "ema"
     c.teacher.ema_rate = 0.01
-
     c.optim.lr = 1e-6
     c.optim.warmup_steps = 0
-    c.optim.weight_decay = 0.01
-    c.optim.b1 = 0.9
-    c.optim.b2 = 0.999
-    c.optim.grad_clip = 1.0
     c.optim.minibatch_prompts = 1  # 32 optimizer steps per generation batch
     c.optim.micro_batches = 1  # 8 rows a mini-batch: at most one row per device on 8+ devices
 
     c.train.steps = 120  # 30 epochs x 4 batches of 32 (the official total_epochs: 30)
-    c.eval.every = 5
     c.eval.n = 4
-    c.eval.temperature = 0.6
-    c.eval.top_p = 0.95
-    c.eval.at_start = False  # sdpo.yaml: val_before_train False
-    c.checkpoint.every = 10
-    c.checkpoint.export_hf_at_end = True
-    c.warm_start.steps = 0
     return c

@@ -21,21 +21,10 @@ with 32 / N <= 8 questions a host the run becomes on-policy.
 """
 
 from configs import tooluse_qwen3_8b
+from configs.paper_common import grpo_baseline
 
 
 def get_config():
-    c = tooluse_qwen3_8b.get_config()
-    c.run_dir = "runs/tooluse_qwen3_8b_grpo"
-    c.loss.objective = "grpo"
-    c.loss.norm_adv_by_std = False  # Dr.GRPO
-    c.loss.clip_low = 0.2
-    c.loss.clip_high = 0.28
-    c.loss.dual_clip = 3.0
-    c.loss.rollout_is_clip = 2.0
-    c.teacher.kind = "live"  # GRPO needs no teacher copy
-    c.optim.lr = 1e-6
-    c.optim.minibatch_prompts = 8  # 4 off-policy optimizer steps per generation batch
-    c.optim.micro_batches = 1  # 64 rows a mini-batch: one per device on 64 devices
+    c = grpo_baseline(tooluse_qwen3_8b.get_config(), "runs/tooluse_qwen3_8b_grpo")
     c.optim.warmup_steps = 40  # 10 generation batches x 4 updates (verl counts batches)
-    c.eval.at_start = True
     return c

@@ -15,62 +15,32 @@ responses <= 8192 tokens, 2750 attempts, 5 seeds. Baselines: best-of-k from 2944
 prompting with all past feedback FIFO-trimmed to 32k tokens. 90 % bootstrap CIs over seeds.
 """
 
-from sdpo_jax.config import base_config
+from configs.paper_common import qwen3_8b_paper_model
 from sdpo_jax.ttt import ttt_defaults
 
-MODEL_PLACEHOLDER = "<unset; pass --config.tokenizer.path=/path/to/Qwen3-8B and --config.model.path>"
 QUESTIONS_PLACEHOLDER = "<unset; pass --config.ttt.questions=/path/to/lcb_v6_hard.jsonl>"
 
 
 def get_config():
-    c = base_config()
-    c.run_dir = "runs/ttt_lcb_qwen3_8b"
-    c.seed = 0
-    c.model.path = None  # unset: validate accepts None; the tokenizer placeholder fails first at start-up
-    c.tokenizer.path = MODEL_PLACEHOLDER
-    c.tokenizer.enable_thinking = False
-    c.model.compute_dtype = "bfloat16"  # fp32 master weights, bf16 compute (as the official runs)
-    c.model.param_dtype = "float32"
-    c.model.attention_impl = "blockwise"
-    c.model.remat = True
-    c.model.scan_layers = True
-    c.mesh.data = 1
-    c.mesh.fsdp = -1
-    c.mesh.tensor = 1
-
+    c = qwen3_8b_paper_model("runs/ttt_lcb_qwen3_8b")
     c.env.name = "code"
-    c.env.num_workers = 0  # one scorer per host core
     c.env.timeout_s = 60.0
     c.data.train = "synthetic"  # unused by TTT (no warm start); the questions come from ttt.questions
     c.data.prompts_per_step = 1
 
     c.rollout.n = 16
-    c.rollout.temperature = 1.0
-    c.rollout.top_p = 1.0
-    c.rollout.max_new_tokens = 8192
-    c.rollout.cache_dtype = "bfloat16"
     c.rollout.prompt_buckets = (512, 1024, 2048)
     c.rollout.completion_buckets = (512, 1024, 2048, 4096, 8192)
-    c.reprompt.max_len = 10240
     c.reprompt.teacher_prompt_buckets = (1024, 2048, 4096, 8192, 10240)
 
-    c.loss.objective = "sdpo"
-    c.loss.mode = "topk"
     c.loss.topk = 20
-    c.loss.add_tail = True
     c.loss.alpha = 1.0  # reverse KL
-    c.loss.is_clip = 2.0
-    c.loss.rollout_is_clip = 2.0
     c.loss.adv_clip = 5.0
-    c.teacher.kind = "ema"
     c.teacher.ema_rate = 0.01
     c.optim.lr = 1e-6
     c.optim.warmup_steps = 0
-    c.optim.weight_decay = 0.01
-    c.optim.grad_clip = 1.0
     c.optim.minibatch_prompts = 0  # one optimizer step per batch of 16
     c.eval.every = 0
-    c.warm_start.steps = 0
     c.logging.progress_bar = False
 
     c.ttt = ttt_defaults()
