@@ -111,8 +111,3 @@ def grpo_baseline(cfg, run_dir):
     cfg.optim.micro_batches = 1  # 64 rows a mini-batch: one per device on 64 devices
     cfg.eval.at_start = True  # verl's default for baseline_grpo.yaml
     return cfg
-
-
-def get_config():
-    """The shared RL base alone (see the module docstring); not an experiment to run."""
-    return qwen3_8b_paper_base("runs/paper_common")
