@@ -405,3 +405,15 @@ def _run_as_nobody(tmp_path, json, subprocess):
     assert 0 < int(rec["output"].split("forked=")[1]) <= sandbox.DEFAULT_LIMITS["nproc"]
     assert victim.read_text() == "original"
     assert sandbox_processes() == []
+
+
+def test_sandbox_root_never_hides_a_path_it_binds(tmp_path):
+    """The sandbox root's tmpfs goes on a directory holding none of the paths it must bind: a
+    checkout or virtual environment under /tmp (as in CI's clone) still reaches the sandbox."""
+    from sdpo_jax.envs.sandbox_launcher import root_mount_point
+
+    venv = "/tmp/clone/.venv/lib/python3.11/site-packages"
+    assert root_mount_point(["/usr", venv]) != "/tmp"
+    assert root_mount_point(["/usr", "/work/x/.venv"]) == "/tmp"
+    with pytest.raises(OSError, match="can hold the sandbox root"):
+        root_mount_point(["/usr"], candidates=("/usr",))

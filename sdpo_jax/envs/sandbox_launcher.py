@@ -72,11 +72,26 @@ def _bind_ro(src, dst):
                 raise
 
 
+ROOT_MOUNT_CANDIDATES = ("/tmp", "/mnt", "/var/tmp", "/opt", "/srv", "/media", "/home")
+
+
+def root_mount_point(ro_paths, candidates=ROOT_MOUNT_CANDIDATES):
+    """Where to mount the sandbox root's tmpfs: an existing directory that holds none of the paths
+    still to be bound (the mount hides what was there, e.g. a checkout or venv under /tmp)."""
+    def shadows(point):
+        return any(p == point or p.startswith(point + "/") for p in ro_paths)
+
+    for point in candidates:
+        if os.path.isdir(point) and not os.path.islink(point) and not shadows(point):
+            return point
+    raise OSError(f"no directory among {candidates} can hold the sandbox root without hiding one of "
+                  f"the paths it must bind ({ro_paths})")
+
+
 def _setup_namespace_root(sb):
     """Build the read-only root on tmpfs and chroot into it.  Returns (runner path, work dir)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    base = next(p for p in ("/tmp", "/mnt", "/var/tmp", "/opt") if os.path.isdir(p)
-                and not os.path.islink(p))
+    base = root_mount_point(sb["ro_paths"])
     _mount("sdpo-sandbox", base, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755")
     for path in sb["ro_paths"]:
         target = base + path
