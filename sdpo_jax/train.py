@@ -388,6 +388,8 @@ def run(cfg) -> int:
             tokenizer.save_pretrained(os.path.join(cfg.run_dir, "hf_export"))
         if cfg.logging.plot and is_main:
             _plot(cfg)
+        if is_main:
+            _print_eval_summary(cfg)
     finally:
         stop.restore()
         checkpointer.close()
@@ -408,6 +410,17 @@ def json_safe(value):
     import json
 
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def _print_eval_summary(cfg) -> None:
+    """One line a newcomer can read: evaluation accuracy at the first and the last evaluation."""
+    path = os.path.join(cfg.run_dir, "metrics.jsonl")
+    evals = [r for r in read_jsonl(path) if "eval/accuracy" in r] if os.path.isfile(path) else []
+    if len(evals) >= 2:
+        first, last = evals[0], evals[-1]
+        print(f"eval accuracy ({cfg.loss.objective}): {first['eval/accuracy']:.3f} at {first['generations']} "
+              f"generations -> {last['eval/accuracy']:.3f} at {last['generations']} "
+              f"({100 * (last['eval/accuracy'] - first['eval/accuracy']):+.1f} points)", flush=True)
 
 
 def _plot(cfg) -> None:
