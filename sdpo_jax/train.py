@@ -419,7 +419,7 @@ def _print_eval_summary(cfg) -> None:
     if len(evals) >= 2:
         first, last = evals[0], evals[-1]
         print(f"eval accuracy ({cfg.loss.objective}): {first['eval/accuracy']:.3f} at {first['generations']} "
-              f"generations -> {last['eval/accuracy']:.3f} at {last['generations']} "
+              f"generations -> {last['eval/accuracy']:.3f} at {last['generations']} generations "
               f"({100 * (last['eval/accuracy'] - first['eval/accuracy']):+.1f} points)", flush=True)
 
 
