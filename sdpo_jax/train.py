@@ -272,9 +272,7 @@ def report_compiled(train_step, settings, state, batch, mesh) -> None:
     """Compile counts of the jitted programs and the train step's compiled memory (start-up report)."""
     counts = {"prefill": sampling._prefill._cache_size(), "decode": sampling._decode._cache_size(),
               "train_step": train_step.jitted._cache_size()}
-    index = ts.minibatch_row_indices(np.asarray(batch.group_ids), settings.minibatch_groups,
-                                     max(1, ts.data_parallel_size(mesh) * settings.micro_batches // jax.process_count()))
-    first = ts._put(ts._take_rows(ts.canonical_batch(jax.tree.map(np.asarray, batch)), index[0]), mesh)
+    first = ts.split_minibatches(settings, batch, mesh)[0]
     with jax.set_mesh(mesh):
         memory = train_step.jitted.lower(state, first).compile().memory_analysis()
     mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731

@@ -461,6 +461,15 @@ def _ema_fn(rate: float):
     return jax.jit(functools.partial(teacher.ema_update, rate=rate), donate_argnums=(0,))
 
 
+def split_minibatches(settings: StepSettings, batch: RolloutBatch, mesh=None) -> list[RolloutBatch]:
+    """The generation batch as placed mini-batches of whole groups (`settings.minibatch_groups` each),
+    padded with zero-weight rows to a multiple of data-parallel size x micro_batches (per process)."""
+    batch = canonical_batch(jax.tree.map(np.asarray, batch))
+    multiple = max(1, data_parallel_size(mesh) * settings.micro_batches // jax.process_count())
+    index = minibatch_row_indices(batch.group_ids, settings.minibatch_groups, multiple)
+    return [_put(_take_rows(batch, idx), mesh) for idx in index]
+
+
 def update_on_generation_batch(step, model_cfg, settings: StepSettings, state: TrainState, batch: RolloutBatch, *,
                                mesh=None, rng=None, recompute_advantages: bool = False):
     """Old log-probs for every row, then one `step` per mini-batch of whole groups, then the EMA teacher.
@@ -475,11 +484,8 @@ def update_on_generation_batch(step, model_cfg, settings: StepSettings, state: T
     if recompute_advantages:
         batch = batch._replace(advantages=compute_grpo_advantages(batch.rewards, batch.group_ids,
                                                                   norm_by_std=settings.norm_adv_by_std))
-    multiple = max(1, data_parallel_size(mesh) * settings.micro_batches // jax.process_count())
-    index = minibatch_row_indices(batch.group_ids, settings.minibatch_groups, multiple)
-    minibatches = [_put(_take_rows(batch, idx), mesh) for idx in index]
     minibatches = [mb._replace(old_logprobs=compute_old_logprobs(model_cfg, settings, state.params, mb, mesh=mesh))
-                   for mb in minibatches]
+                   for mb in split_minibatches(settings, batch, mesh)]
     per_step = []
     for mb in minibatches:
         state, metrics = step(state, mb)
