@@ -33,6 +33,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from sdpo_jax import models
+from sdpo_jax import sharding as sharding_lib
 from sdpo_jax.sampling_ops import SamplingSpec, choose_tokens, is_stop
 
 FINISH_STOP = 0  # the row emitted one of the stop ids
@@ -67,11 +68,13 @@ def pick_bucket(length: int, buckets: Sequence[int] | None = None) -> int:
 
 
 def pad_to_bucket(lists: Sequence[Sequence[int]], buckets: Sequence[int] | None, pad_id: int,
-                  side: str = "left") -> tuple[np.ndarray, np.ndarray]:
+                  side: str = "left", at_least: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Pad token lists to the bucket of the longest one: (ids int32 [B, L], mask int32 [B, L]).
 
     side="left" for prompts (the last real token sits in the last column), "right" for completions.
-    A list longer than the largest bucket raises ValueError naming its index and length.
+    at_least: pick the bucket for max(longest, at_least) (e.g. the longest over all processes, so
+    every process pads to the same width). A list longer than the largest bucket raises ValueError
+    naming its index and length.
     """
     if side not in ("left", "right"):
         raise ValueError(f"pad_to_bucket: side={side!r} must be 'left' or 'right'")
@@ -84,7 +87,7 @@ def pad_to_bucket(lists: Sequence[Sequence[int]], buckets: Sequence[int] | None,
             raise ValueError(f"sequence {index} has length {length}, longer than the largest "
                              f"bucket {max(buckets)} (buckets={buckets}); add a larger bucket or "
                              f"truncate it")
-    width = pick_bucket(max(lengths), buckets)
+    width = pick_bucket(max(max(lengths), int(at_least)), buckets)
     ids = np.full((len(lists), width), pad_id, np.int32)
     mask = np.zeros((len(lists), width), np.int32)
     for row, seq in enumerate(lists):
@@ -265,6 +268,14 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     multiple of the row parallelism and the extra rows are dropped. cache_dtype defaults to
     cfg.compute_dtype; pad_id to cfg.pad_token_id (0 when unset). See the module docstring for the
     output layout and the exact meaning of the log-probs.
+
+    Several processes (a mesh that spans them): every process calls this with its OWN prompts and gets
+    back the rows of its own prompts only. The global batch is the processes' prompts in process
+    order (each padded to the largest count), the prompt bucket is the one of the longest prompt over
+    all processes, and the decode loop stops when every row of every process is done, so all
+    processes run the same programs. Sampling depends only on the global row position (threefry is
+    partitionable in this JAX), so P processes with b prompts each draw what one process with the
+    P·b prompts in the same order draws.
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"generate: n={n!r} must be an integer >= 1 (samples per prompt)")
@@ -292,18 +303,24 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
         pad_id = getattr(cfg, "pad_token_id", None)
         pad_id = 0 if pad_id is None else int(pad_id)
 
-    # Pad the prompt list so that B·n divides over the row axes of the mesh.
+    # Pad the prompt list so that B·n divides over the row axes of the mesh. Across processes each
+    # pads its own prompts to the same count b (the global batch is P·b, process p's rows first-to-last
+    # in block p), so its rows land on its own devices and come back to it alone.
+    processes = jax.process_count() if mesh is not None else 1
     num_prompts, rows_per = len(prompts), _row_parallelism(mesh)
-    batch = num_prompts
-    while (batch * n) % rows_per:
+    batch = sharding_lib.agree_max(num_prompts) if processes > 1 else num_prompts
+    while (processes * batch * n) % rows_per:
         batch += 1
+    longest = sharding_lib.agree_max(max(len(p) for p in prompts)) if processes > 1 else 0
     ids_bp, mask_bp = pad_to_bucket(prompts + [prompts[0]] * (batch - num_prompts), prompt_buckets,
-                                    pad_id, side="left")
+                                    pad_id, side="left", at_least=longest)
+    if processes > 1:  # every process holds the whole (small) prompt batch, then keeps its shards
+        ids_bp, mask_bp = sharding_lib.gather_rows(ids_bp), sharding_lib.gather_rows(mask_bp)
 
-    prompt_sharding = _row_sharding(mesh, 2) if batch % rows_per == 0 else (
+    prompt_sharding = _row_sharding(mesh, 2) if (processes * batch) % rows_per == 0 else (
         None if mesh is None else NamedSharding(mesh, PartitionSpec()))
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
-    put = (lambda x, s: jnp.asarray(x)) if mesh is None else jax.device_put
+    put = (lambda x, s: jnp.asarray(x)) if mesh is None else sharding_lib.global_from_host
     ids_bp, mask_bp = put(ids_bp, prompt_sharding), put(mask_bp, prompt_sharding)
     # -1 pads the stop ids to a multiple of 8 (never a token), so their count does not recompile.
     stop_pad = np.full((-(-max(len(stop_ids), 1) // 8) * 8,), -1, np.int32)
@@ -312,7 +329,7 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     pad = put(np.int32(pad_id), replicated)
     key = _as_key(rng)
     if mesh is not None:
-        key = jax.device_put(key, replicated)
+        key = sharding_lib.replicated_key(key, mesh)
     # The layer stack always runs under lax.scan here: one compiled layer body, and (XLA:CPU) no
     # per-step copies of unrolled layer slices (2x faster decode steps at batch 1).
     cfg = cfg.replace(scan_layers=True, remat=False)
@@ -322,9 +339,10 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
                      cache_dtype=_resolve_dtype(cfg, cache_dtype), mesh=mesh)
     final, finish = _decode(cfg, params, state, stop_ids_e, pad, key, spec=spec)
     del final["cache"]
-    keep = num_prompts * n
-    return GenerateOutput(tokens=np.asarray(final["tokens"])[:keep],
-                          logprobs=np.asarray(final["logprobs"])[:keep],
-                          lengths=np.asarray(final["lengths"])[:keep],
-                          finish_reason=np.asarray(finish)[:keep],
+    keep = num_prompts * n  # this process's real rows (padding rows dropped)
+    rows = sharding_lib.local_rows if processes > 1 else np.asarray
+    return GenerateOutput(tokens=rows(final["tokens"])[:keep],
+                          logprobs=rows(final["logprobs"])[:keep],
+                          lengths=rows(final["lengths"])[:keep],
+                          finish_reason=rows(finish)[:keep],
                           num_decode_steps=int(final["step"]) - 1)

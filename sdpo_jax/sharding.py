@@ -173,3 +173,99 @@ def maybe_initialize_distributed() -> bool:
             kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
     jax.distributed.initialize(**kwargs)
     return True
+
+
+# ----------------------------------------------------------------------------- several processes
+#
+# Every process runs the same program. Host-side data (prompts, rollouts, scores) is process-local:
+# process p holds rows [p*N/P, (p+1)*N/P) of each global batch of N rows (`process_block`). These
+# helpers agree on shapes, move process-local rows into global arrays and back, and gather small
+# host values. On one process each of them is the identity (no collective runs).
+
+
+def process_block(num_rows: int, process_index: int | None = None, process_count: int | None = None) -> slice:
+    """Rows [p*N/P, (p+1)*N/P) of a global batch of N rows: the block that process p holds."""
+    p = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if num_rows % count:
+        raise ValueError(f"a global batch of {num_rows} rows does not split evenly over {count} processes; "
+                         "make data.prompts_per_step a multiple of the process count")
+    per = num_rows // count
+    return slice(p * per, (p + 1) * per)
+
+
+def agree_max(value: int) -> int:
+    """The largest `value` over all processes (itself on one process): e.g. the longest prompt, so
+    every process picks the same bucket and compiles the same program."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int64))))
+
+
+def gather_rows(x_local: np.ndarray) -> np.ndarray:
+    """Every process's equally shaped host array, concatenated along axis 0 in process order (so the
+    result is the global batch when each process holds its `process_block`); the input on one process."""
+    x_local = np.asarray(x_local)
+    if jax.process_count() == 1:
+        return x_local
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x_local, tiled=True))
+
+
+def global_from_host(x_global: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array that every process holds in full (each keeps its own shards)."""
+    x_global = np.asarray(x_global)
+    if jax.process_count() == 1:
+        return jax.device_put(x_global, sharding)
+    return jax.make_array_from_callback(x_global.shape, sharding, lambda index: x_global[index])
+
+
+def replicated_key(key, mesh: Mesh):
+    """A PRNG key replicated over `mesh` (works when the mesh spans processes, where `device_put` of a
+    key to a non-addressable sharding is refused): the same key data on every process."""
+    replicated = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(key, replicated)
+    data = jax.device_put(np.asarray(jax.random.key_data(key)), replicated)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This process's rows of a global array whose leading dim is split over devices: the host array of
+    its `process_block`, checked (a mesh whose row-sharded axes cross processes in another order raises).
+    `np.asarray(x)` when the array is fully addressable (one process)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    starts = {}
+    for shard in x.addressable_shards:
+        rows = shard.index[0] if shard.index else slice(None)
+        start = rows.start or 0
+        starts.setdefault(start, shard)
+    pieces, expect = [], None
+    for start in sorted(starts):
+        data = np.asarray(starts[start].data)
+        if expect is not None and start != expect:
+            raise ValueError(f"local_rows: this process's rows of a {x.shape} array are not one contiguous "
+                             f"block (a gap at row {expect}); keep mesh.tensor within one host")
+        pieces.append(data)
+        expect = start + data.shape[0]
+    block = process_block(x.shape[0])
+    first = min(starts)
+    if first != block.start or expect != block.stop:
+        raise ValueError(f"local_rows: process {jax.process_index()} holds rows [{first}, {expect}) of a "
+                         f"{x.shape} array, not its block [{block.start}, {block.stop}); devices must be "
+                         "ordered by process with mesh.tensor within one host")
+    return np.concatenate(pieces, axis=0)
+
+
+def host_copy(tree: Any) -> Any:
+    """Full host (numpy) copies of a pytree of global arrays on every process (an all-gather when they
+    span processes): e.g. parameters to export. Every process must call it."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))

@@ -6,6 +6,18 @@
       ──► envs score_batch (reward + feedback) ──► reprompt.build_teacher_prompts (teacher ids, sd_mask)
       ──► RolloutBatch (buckets) ──► train_step.update_on_generation_batch (old log-probs,
           mini-batch optimizer steps, EMA teacher once) ──► metrics ──► eval / checkpoint every k.
+
+Several processes (`jax.distributed`, one per host): every process advances the same global prompt
+iterator (prompt records are tiny) and keeps its block `[p*B/P, (p+1)*B/P)` of the global batch of B
+prompts (`sharding.process_block`), so P processes see exactly the prompts of one process with the
+same global batch, and the iterator state in a checkpoint does not depend on the process count.
+Each process generates for its own prompts (a group's n samples stay on the process that read the
+prompt), decodes and scores them with its own Scorer, builds its own teacher prompts and hands its
+rows to the train step, which makes them global arrays; bucket widths are the maxima over processes.
+Metrics are reduced over processes and logged by process 0; checkpoints are written by all
+processes (the JSON meta by process 0). Debugging aid: with SDPO_JAX_DUMP_ROLLOUTS=1 each process
+appends, per step, the problem ids, group ids and completions it held to
+`run_dir/rollouts_process{p}.jsonl`.
 """
 
 from __future__ import annotations
@@ -126,7 +138,8 @@ def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: 
 
 
 def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.RolloutBatch, dict]:
-    """Host-side RolloutBatch: prompts / teacher prompts left-padded to buckets, completions trimmed."""
+    """Host-side RolloutBatch: prompts / teacher prompts left-padded to buckets, completions trimmed.
+    On several processes: this process's rows, padded to the widths every process agrees on."""
     cfg, tok = run.cfg, run.tokenizer
     pad = tok.pad_token_id
     teacher = reprompt.build_teacher_prompts(
@@ -136,10 +149,15 @@ def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.Ro
         remove_thinking=cfg.reprompt.remove_thinking, include_feedback=cfg.reprompt.include_feedback,
         feedback_only_without_solution=cfg.reprompt.feedback_only_without_solution,
         enable_thinking=cfg.tokenizer.enable_thinking, max_len=cfg.reprompt.max_len or 10**9)
-    prompt_ids, prompt_mask = sampling.pad_to_bucket(rollout["prompt_ids"], cfg.rollout.prompt_buckets, pad, side="left")
-    teacher_ids, teacher_mask = sampling.pad_to_bucket(teacher.ids, cfg.reprompt.teacher_prompt_buckets, pad, side="left")
+    # Bucket widths from the longest prompt / teacher prompt / completion over all processes.
+    multi = jax.process_count() > 1
+    longest = lambda seqs: sharding.agree_max(max(len(x) for x in seqs)) if multi else 0  # noqa: E731
+    prompt_ids, prompt_mask = sampling.pad_to_bucket(rollout["prompt_ids"], cfg.rollout.prompt_buckets, pad, side="left",
+                                                     at_least=longest(rollout["prompt_ids"]))
+    teacher_ids, teacher_mask = sampling.pad_to_bucket(teacher.ids, cfg.reprompt.teacher_prompt_buckets, pad, side="left",
+                                                       at_least=longest(teacher.ids))
     lengths = rollout["lengths"]
-    width = sampling.pick_bucket(max(int(lengths.max()), 1), cfg.rollout.completion_buckets)
+    width = sampling.pick_bucket(sharding.agree_max(max(int(lengths.max()), 1)), cfg.rollout.completion_buckets)
     tokens = np.full((len(lengths), width), pad, np.int32)
     take = min(width, rollout["tokens"].shape[1])
     tokens[:, :take] = rollout["tokens"][:, :take]
@@ -162,16 +180,24 @@ def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.Ro
 
 
 def evaluate(run: Run, params, rows: list[dict], rng) -> dict:
-    """avg@k (mean success over k samples per question: the pass@1 estimate) and pass@k."""
+    """avg@k (mean success over k samples per question: the pass@1 estimate) and pass@k.
+
+    Chunks of data.prompts_per_step questions; on several processes each chunk (padded with copies of
+    its first question to a multiple of the process count) is split into process blocks like a
+    training batch and the rewards are gathered, so every process returns the same, global numbers."""
     cfg = run.cfg
     per_call = max(cfg.data.prompts_per_step, 1)
+    processes = jax.process_count()
     rewards = []
     for start in range(0, len(rows), per_call):
         chunk = rows[start:start + per_call]
+        padded = chunk + [chunk[0]] * (-len(chunk) % processes)
         rng, key = jax.random.split(rng)
-        out = sample(run, params, chunk, key, n=cfg.eval.n, temperature=cfg.eval.temperature,
+        mine = padded[sharding.process_block(len(padded))]
+        out = sample(run, params, mine, key, n=cfg.eval.n, temperature=cfg.eval.temperature,
                      top_p=cfg.eval.top_p)
-        rewards.append(out["rewards"].reshape(len(chunk), cfg.eval.n))
+        local = out["rewards"].reshape(len(mine), cfg.eval.n)
+        rewards.append(sharding.gather_rows(local)[:len(chunk)])
     success = np.concatenate(rewards) >= cfg.reprompt.success_threshold
     return {"eval/accuracy": float(success.mean()), f"eval/pass@{cfg.eval.n}": float(success.any(1).mean()),
             "eval/questions": len(success)}
@@ -260,6 +286,29 @@ def _corrupt_digits(answer: str, rng) -> str:
     return "".join(chars)
 
 
+def _reduce_over_processes(metrics: dict) -> dict:
+    """Reprompt metrics over all processes: fractions averaged (every process holds the same number of
+    groups and rows), counts (`reprompt_trimmed`) summed. The input on one process."""
+    if jax.process_count() == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = sharding.gather_rows(np.array([[float(metrics[k]) for k in keys]], np.float64))
+    return {k: float(values[:, i].sum() if k == "reprompt_trimmed" else values[:, i].mean())
+            for i, k in enumerate(keys)}
+
+
+def _dump_rollouts(run_dir: str, step: int, problems: list[dict], group_ids: np.ndarray, roll: dict) -> None:
+    """SDPO_JAX_DUMP_ROLLOUTS=1: what this process read and sampled at `step` (one JSON line per step)."""
+    import json
+
+    record = {"step": step, "process": jax.process_index(), "process_count": jax.process_count(),
+              "problem_ids": [p.get("id", p.get("task_id")) for p in problems],
+              "group_ids": [int(g) for g in group_ids], "texts": roll["texts"],
+              "rewards": [float(r) for r in roll["rewards"]]}
+    with open(os.path.join(run_dir, f"rollouts_process{jax.process_index()}.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def _host_scalar_metrics(tree) -> dict:
     out = {}
     for key, value in tree.items():
@@ -313,9 +362,8 @@ def run(cfg) -> int:
     optimizer = ts.make_optimizer(cfg.optim.lr, cfg.optim.warmup_steps, weight_decay=cfg.optim.weight_decay,
                                   b1=cfg.optim.b1, b2=cfg.optim.b2, grad_clip=cfg.optim.grad_clip)
     state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
-    per_host = cfg.data.prompts_per_step // jax.process_count()
-    data_iter = data_lib.make_train_iterator(train_rows, batch_size=per_host, seed=cfg.seed,
-                                             shard_index=jax.process_index(), shard_count=jax.process_count())
+    # One global iterator on every process (see the module docstring); each keeps its block per step.
+    data_iter = data_lib.make_train_iterator(train_rows, batch_size=cfg.data.prompts_per_step, seed=cfg.seed)
     base_key = jax.random.key(cfg.seed)  # sampling key of step k: fold_in(base_key, k)
     eval_key = jax.random.key(cfg.seed + 1)
     checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, max_to_keep=cfg.checkpoint.max_to_keep,
@@ -326,11 +374,11 @@ def run(cfg) -> int:
         source = ckpt_lib.RunCheckpointer(resume_dir, async_save=False) if resume_dir else checkpointer
         state, meta = source.restore(state)
         start_step, counters = meta["step"], meta["counters"]
-        data_state = dict(meta["data_state"], shard_index=jax.process_index())
-        data_iter.set_state(data_state)
+        data_iter.set_state(meta["data_state"])
         log0(f"resumed from {source.directory} at step {start_step}")
 
     train_step = ts.make_train_step(model_cfg, settings, optimizer, mesh)
+    dump_rollouts = os.environ.get("SDPO_JAX_DUMP_ROLLOUTS", "") not in ("", "0")
     stop = _StopFlag()
     exit_code, step = 0, start_step
     try:
@@ -338,12 +386,16 @@ def run(cfg) -> int:
             logger.log(0, {**evaluate(run_, state.params, eval_rows, jax.random.fold_in(eval_key, 0)),
                            "generations": 0})
         for step in range(start_step, cfg.train.steps):
-            problems = next(data_iter)
+            global_problems = next(data_iter)
+            block = sharding.process_block(len(global_problems))
+            problems = global_problems[block]
             key = jax.random.fold_in(base_key, step)
             roll = sample(run_, state.params, problems, key, n=cfg.rollout.n, temperature=cfg.rollout.temperature,
                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
-            group_ids = np.repeat(np.arange(len(problems)) + step * len(problems), cfg.rollout.n)
+            group_ids = np.repeat(np.arange(block.start, block.stop) + step * len(global_problems), cfg.rollout.n)
             batch, reprompt_metrics = rollout_batch(run_, roll, group_ids)
+            if dump_rollouts:
+                _dump_rollouts(cfg.run_dir, step, problems, group_ids, roll)
             start = time.time()
             state, step_metrics = ts.update_on_generation_batch(
                 train_step, model_cfg, settings, state, batch, mesh=mesh, rng=jax.random.fold_in(key, 1))
@@ -353,14 +405,17 @@ def run(cfg) -> int:
                 report_compiled(train_step, settings, state, batch, mesh)
             counters["skipped_nonfinite_total"] += int(metrics.get("skipped_nonfinite", 0) > 0)
             counters["nonfinite_in_a_row"] = counters["nonfinite_in_a_row"] + 1 if metrics.get("skipped_nonfinite", 0) else 0
-            tokens = int(roll["lengths"].sum())
-            metrics.update(reprompt_metrics)
+            # Over all processes: per-row values gathered in process order (= the global batch order).
+            rewards, lengths = sharding.gather_rows(roll["rewards"]), sharding.gather_rows(roll["lengths"])
+            tokens = int(lengths.sum())
+            metrics.update(_reduce_over_processes(reprompt_metrics))
             metrics.update(
-                reward=float(roll["rewards"].mean()), accuracy=float((roll["rewards"] >= cfg.reprompt.success_threshold).mean()),
-                response_length=float(roll["lengths"].mean()), generations=(step + 1) * len(roll["lengths"]),
+                reward=float(rewards.mean()), accuracy=float((rewards >= cfg.reprompt.success_threshold).mean()),
+                response_length=float(lengths.mean()), generations=(step + 1) * len(lengths),
                 time_generate=roll["time_generate"], time_score=roll["time_score"], time_update=time_update,
                 tokens_per_s_generate=tokens / max(roll["time_generate"], 1e-9), decode_steps=roll["decode_steps"],
-                env_errors=float(roll["score_stats"].get("errors", 0)), **counters)
+                env_errors=float(sharding.gather_rows(np.array([roll["score_stats"].get("errors", 0)])).sum()),
+                **counters)
             if cfg.eval.every and eval_rows and (step + 1) % cfg.eval.every == 0:
                 metrics.update(evaluate(run_, state.params, eval_rows, jax.random.fold_in(eval_key, step + 1)))
             if (step + 1) % cfg.logging.every == 0 or step + 1 == cfg.train.steps or "eval/accuracy" in metrics:
@@ -381,9 +436,11 @@ def run(cfg) -> int:
             step = cfg.train.steps - 1
         _save(checkpointer, step + 1, state, data_iter, counters, cfg)
         checkpointer.wait()
-        if cfg.checkpoint.export_hf_at_end and is_main and exit_code == 0:
-            models.save_pretrained(model_cfg, state.params, os.path.join(cfg.run_dir, "hf_export"))
-            tokenizer.save_pretrained(os.path.join(cfg.run_dir, "hf_export"))
+        if cfg.checkpoint.export_hf_at_end and exit_code == 0:
+            host_params = sharding.host_copy(state.params)  # every process joins the gather
+            if is_main:
+                models.save_pretrained(model_cfg, host_params, os.path.join(cfg.run_dir, "hf_export"))
+                tokenizer.save_pretrained(os.path.join(cfg.run_dir, "hf_export"))
         if cfg.logging.plot and is_main:
             _plot(cfg)
         if is_main:
@@ -444,7 +501,8 @@ def export_hf_from_run(cfg, out_dir: str) -> None:
     checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, async_save=False)
     state, meta = checkpointer.restore(state)
     checkpointer.close()
+    host_params = sharding.host_copy(state.params)  # every process joins the gather
     if jax.process_index() == 0:
-        models.save_pretrained(model_cfg, state.params, out_dir)
+        models.save_pretrained(model_cfg, host_params, out_dir)
         tokenizer.save_pretrained(out_dir)
         print(f"exported step {meta['step']} of {cfg.run_dir} to {out_dir}")
