@@ -315,10 +315,6 @@ def main(argv=None):
         parser.error("--steps must be >= 2 (step 1 compiles and is discarded)")
     backend = jax.default_backend()
     args.attention = args.attention or default_attention(backend)
-    # The loop's start-up report compiles the train step a second time; a fresh persistent cache makes
-    # that a cache hit (and keeps step 1 an honest compile) unless the caller set a cache already.
-    if not jax.config.jax_compilation_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="rl_step_jax_cache_"))
     try:
         import torch
 
@@ -335,10 +331,16 @@ def main(argv=None):
         prefix="rl_step_", dir="/dev/shm" if os.path.isdir("/dev/shm")
         and shutil.disk_usage("/dev/shm").free > 40 * 2**30 else None)
     model_dir, run_dir = os.path.join(scratch, "hf_model"), os.path.join(scratch, "run")
+    # The loop's start-up report compiles the train step a second time; a fresh persistent cache makes
+    # that a cache hit (and keeps step 1 an honest compile) unless the caller set a cache already.
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", os.path.join(scratch, "jax_cache"))
+    rows = args.prompts * args.n
+    record = dict(size=args.size, rows=rows, prompts=args.prompts, n=args.n, prompt_bucket=args.prompt_bucket,
+                  new_tokens=args.new_tokens, steps=args.steps, backend=backend, device=device.device_kind)
     try:
         start = time.perf_counter()
         model_cfg = write_random_checkpoint(spec, model_dir, args.layers)
-        rows = args.prompts * args.n
         print(f"model: {args.size} L={model_cfg.num_layers} D={model_cfg.hidden_size} V={model_cfg.vocab_size}, "
               f"{model_cfg.num_params / 1e6:.1f}M params, random weights saved as {spec['dtype']} "
               f"({time.perf_counter() - start:.1f} s); ours: fp32 master weights, {spec['dtype']} compute and "
@@ -350,11 +352,7 @@ def main(argv=None):
         cfg = build_config(args, spec, model_dir, run_dir)
         ours = run_ours(cfg)
         ours["peak_device_bytes"] = peak_device_memory()
-        for s in ours["steps"]:
-            print(f"  step {s['step']}: wall {s['wall_s']:8.3f} s = generate {s['generate_s']:.3f} + score "
-                  f"{s['score_s']:.3f} + update {s['update_s']:.3f} + other {s['other_s']:.3f}; "
-                  f"{s['tokens_per_s_generate']:.0f} generated tok/s, mean length {s['response_length']:.1f}",
-                  flush=True)
+        report_ours(args, spec, ours, record)  # printed (and saved) before the peer starts
         peer = None
         if peer_on:
             try:
@@ -366,33 +364,48 @@ def main(argv=None):
     finally:
         if args.run_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    summary = summarize(ours, peer, args)
-    m, r = summary["median"], summary["ratios"]
-    _, _, prompt_lengths = peer_prompts(args, spec)
-    print(f"\n[rl_step] {args.size}, {rows} rows, prompt bucket {args.prompt_bucket} (real prompt lengths "
-          f"{min(prompt_lengths)}-{max(prompt_lengths)} in the peer's batch), {args.new_tokens} new tokens; "
-          f"median of steps 2..{args.steps}; device {device.device_kind}")
-    print(f"  ours whole RL step  {m['wall_s']:9.3f} s  ({m['tokens_per_s_whole_step']:.0f} generated tok/s "
-          f"over the whole step; step 1 incl. set-up and compiles {m['first_step_s']:.1f} s)")
-    print(f"    generate {m['generate_s']:.3f} s ({m['tokens_per_s_generate']:.0f} tok/s, mean length "
-          f"{m['response_length']:.1f}), score {m['score_s']:.3f} s, update (old log-probs + teacher + "
-          f"2 mini-batches + EMA) {m['update_s']:.3f} s, other (detokenise, reprompt, batch) {m['other_s']:.3f} s")
-    print(f"    peak device memory (jax, whole process): {_gib(ours['peak_device_bytes'])}; after the "
-          f"last step (final checkpoint, shutdown): {ours['after_last_step_s']:.1f} s")
     if peer is not None:
+        summary = summarize(ours, peer, args)
+        r = summary["ratios"]
+        record.update(peer=peer, **summary)
         print(f"  HF generate alone   {peer['generate_s']:9.3f} s  ({peer['tokens_per_s']:.0f} tok/s; "
               f"transformers {peer['transformers']}, torch {peer['torch']}, {peer['dtype']}, {peer['device']}; "
               f"peak {_gib(peer['peak_bytes'])})")
         print(f"  ratio ours whole RL step / HF generate alone: {r['whole_step_over_hf_generate']:.3f}  "
               f"(below 1: our generate+score+teacher+update takes less time than HF's generate alone)")
         print(f"  ratio generate, ours / HF: {r['generate_tokens_per_s_ours_over_hf']:.2f}x tokens/s "
-              f"({r['generate_time_hf_over_ours']:.2f}x by time)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(size=args.size, rows=rows, prompts=args.prompts, n=args.n,
-                           prompt_bucket=args.prompt_bucket, new_tokens=args.new_tokens, steps=args.steps,
-                           backend=backend, device=device.device_kind, ours=ours, peer=peer, **summary), f, indent=1)
+              f"({r['generate_time_hf_over_ours']:.2f}x by time)", flush=True)
+        write_json(args.json, record)
     return 0 if ours["error"] is None else 1
+
+
+def write_json(path: str | None, record: dict) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(record, f, indent=1)
+
+
+def report_ours(args, spec: dict, ours: dict, record: dict) -> None:
+    """Print our per-step and median figures; write them to --json (the peer adds its part later)."""
+    for s in ours["steps"]:
+        print(f"  step {s['step']}: wall {s['wall_s']:8.3f} s = generate {s['generate_s']:.3f} + score "
+              f"{s['score_s']:.3f} + update {s['update_s']:.3f} + other {s['other_s']:.3f}; "
+              f"{s['tokens_per_s_generate']:.0f} generated tok/s, mean length {s['response_length']:.1f}")
+    summary = summarize(ours, None, args)
+    m = summary["median"]
+    _, _, prompt_lengths = peer_prompts(args, spec)
+    print(f"\n[rl_step] {args.size}, {record['rows']} rows, prompt bucket {args.prompt_bucket} (real prompt "
+          f"lengths {min(prompt_lengths)}-{max(prompt_lengths)} in the peer's batch), {args.new_tokens} new "
+          f"tokens; median of steps 2..{args.steps}; device {record['device']}")
+    print(f"  ours whole RL step  {m['wall_s']:9.3f} s  ({m['tokens_per_s_whole_step']:.0f} generated tok/s "
+          f"over the whole step; step 1 incl. set-up and compiles {m['first_step_s']:.1f} s)")
+    print(f"    generate {m['generate_s']:.3f} s ({m['tokens_per_s_generate']:.0f} tok/s, mean length "
+          f"{m['response_length']:.1f}), score {m['score_s']:.3f} s, update (old log-probs + teacher + "
+          f"2 mini-batches + EMA) {m['update_s']:.3f} s, other (detokenise, reprompt, batch) {m['other_s']:.3f} s")
+    print(f"    peak device memory (jax, whole process): {_gib(ours['peak_device_bytes'])}; after the "
+          f"last step (final checkpoint, shutdown): {ours['after_last_step_s']:.1f} s", flush=True)
+    record.update(ours=ours, peer=None, **summary)
+    write_json(args.json, record)
 
 
 if __name__ == "__main__":
