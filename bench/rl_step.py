@@ -63,12 +63,12 @@ SIZES = {
     "tiny": dict(model=dict(model_type="qwen3", vocab_size=512, hidden_size=64, num_layers=2, num_heads=4,
                             num_kv_heads=2, head_dim=16, intermediate_size=128, qk_norm="per_head",
                             tie_word_embeddings=True),
-                 dtype="float32", prompts=2, n=4, prompt_bucket=64, new_tokens=16, difficulty=1,
+                 dtype="float32", remat=False, prompts=2, n=4, prompt_bucket=64, new_tokens=16, difficulty=1,
                  teacher_buckets=(64, 128, 192, 256), topk=20),
     "qwen3-0.6b": dict(model=dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, num_layers=28,
                                   num_heads=16, num_kv_heads=8, head_dim=128, intermediate_size=3072,
                                   qk_norm="per_head", rope_theta=1000000.0, tie_word_embeddings=True),
-                       dtype="bfloat16", prompts=16, n=8, prompt_bucket=256, new_tokens=512, difficulty=70,
+                       dtype="bfloat16", remat=True, prompts=16, n=8, prompt_bucket=256, new_tokens=512, difficulty=70,
                        teacher_buckets=(256, 384, 512, 768, 1024), topk=100),
 }
 
@@ -86,7 +86,7 @@ def build_config(args, spec: dict, model_dir: str, run_dir: str):
     c.model.param_dtype = "float32"  # master weights; AdamW state fp32 (the project's default)
     c.model.compute_dtype = spec["dtype"]
     c.model.attention_impl = args.attention
-    c.model.remat = spec["dtype"] == "bfloat16"
+    c.model.remat = spec["remat"]
     c.model.scan_layers = True
     c.tokenizer.path = "demo"
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
@@ -215,7 +215,7 @@ def peak_device_memory() -> float | None:
     return float(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
 
 
-def peer_prompts(args, spec: dict) -> np.ndarray:
+def peer_prompts(args, spec: dict) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """The same kind of prompt batch the loop builds: synthetic problems, chat template, left pad."""
     tokenizer = load_tokenizer("demo")
     env = envs.get_env("synthetic")
@@ -263,7 +263,7 @@ def run_peer(args, spec: dict, model_dir: str) -> dict:
     seconds = statistics.median(times)
     peak = float(torch.cuda.max_memory_allocated()) if device == "cuda" else None
     name = torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu"
-    del model
+    model = None  # drop the weights (the closure holds the same cell) before empty_cache
     if device == "cuda":
         torch.cuda.empty_cache()
     return dict(device=f"{device} ({name})", torch=torch.__version__, transformers=transformers.__version__,
