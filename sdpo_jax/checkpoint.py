@@ -3,8 +3,14 @@
 One `CheckpointManager` per run directory with three items:
   state  the train-state pytree (+ rng), restored into an abstract target carrying the *current* mesh's
          shardings, so a run can resume on a mesh of another shape;
-  meta   JSON: step, per-host data-iterator states, counters, the config that wrote it;
-  The grain iterator state is plain JSON (MapDataset iterators), kept per process in `meta`.
+  meta   JSON: step, the data-iterator state, counters, the config that wrote it.
+  The grain iterator state is plain JSON (MapDataset iterators). Every process runs the same global
+  iterator (train.py), so it is one state whatever the process count.
+
+Several processes: every process calls `save` / `restore` (the state arrays are global and each
+process writes its own shards; orbax writes the JSON meta from process 0 only). The directory must be
+shared. A checkpoint written by P processes restores on any other count, one process included
+(tests/test_multiprocess.py), because the restore target carries the current mesh's shardings.
 """
 
 from __future__ import annotations
