@@ -87,6 +87,9 @@ def base_config() -> ConfigDict:
     c.env.num_workers = 0  # 0 = one per host core
     c.env.timeout_s = 30.0
     c.env.unsafe_allow_no_sandbox = False
+    # keyword options for every env.score call, set in the config file (e.g. the math env's
+    # {"feedback": True, "correctness_feedback": True}); a name score() does not take is an error
+    c.env.options = ConfigDict()
 
     c.rollout = ConfigDict()
     c.rollout.n = 8
@@ -133,6 +136,8 @@ def base_config() -> ConfigDict:
     c.optim = ConfigDict()
     c.optim.lr = 1e-5
     c.optim.warmup_steps = 10
+    c.optim.schedule = "constant"  # constant (the paper) | cosine: decay to lr * final_lr_ratio by the last step
+    c.optim.final_lr_ratio = 0.1
     c.optim.weight_decay = 0.01
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
@@ -159,6 +164,7 @@ def base_config() -> ConfigDict:
     c.checkpoint.resume_from = placeholder(str)  # or an explicit checkpoint directory
     c.checkpoint.warm_start_dir = placeholder(str)  # demo: where the warm-started model lives
     c.checkpoint.export_hf_at_end = True
+    c.checkpoint.at_end = True  # save the final state (benchmarks switch it off)
 
     c.logging = ConfigDict()
     c.logging.every = 1
@@ -180,6 +186,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "loss.mode": ("topk", "full", "token"),
     "loss.aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum"),
     "teacher.kind": ("ema", "trust_region", "frozen", "live"),
+    "optim.schedule": ("constant", "cosine"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.attention_impl": ("plain", "blockwise", "cudnn", "splash"),
@@ -257,6 +264,8 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None, num_processes: 
         raise ConfigError("config: loss.mode='token' needs loss.alpha=1.0 (the sampled-token surrogate is reverse KL only)")
     if cfg.loss.mode == "topk" and (cfg.loss.topk is None or cfg.loss.topk < 1):
         raise ConfigError(f"config: loss.mode='topk' needs loss.topk >= 1, got {cfg.loss.topk!r} (or use loss.mode='full')")
+    if not 0.0 <= cfg.optim.final_lr_ratio <= 1.0:
+        raise ConfigError(f"config: optim.final_lr_ratio={cfg.optim.final_lr_ratio} must be in [0, 1]")
     if not 0.0 <= cfg.teacher.ema_rate <= 1.0:
         raise ConfigError(f"config: teacher.ema_rate={cfg.teacher.ema_rate} must be in [0, 1]")
     if not 0.0 <= cfg.loss.hybrid_lambda <= 1.0:

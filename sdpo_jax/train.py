@@ -37,6 +37,7 @@ from sdpo_jax import data as data_lib
 from sdpo_jax import envs as envs_lib
 from sdpo_jax import models, reprompt, sampling, sharding
 from sdpo_jax import train_step as ts
+from sdpo_jax.config import ConfigError
 from sdpo_jax.logging import MetricsLogger, plot_curves, read_jsonl
 from sdpo_jax.tokenizer import apply_chat_template, load_tokenizer
 
@@ -83,6 +84,16 @@ def step_settings(cfg) -> ts.StepSettings:
     )
 
 
+def make_optimizer(cfg):
+    """AdamW from `cfg.optim`; a cosine schedule spans every optimizer update of the run
+    (train.steps x mini-batches per generation batch, after the warmup)."""
+    o = cfg.optim
+    updates_per_step = cfg.data.prompts_per_step // (o.minibatch_prompts or cfg.data.prompts_per_step)
+    cosine_steps = max(cfg.train.steps * updates_per_step - o.warmup_steps, 1) if o.schedule == "cosine" else 0
+    return ts.make_optimizer(o.lr, o.warmup_steps, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2,
+                             grad_clip=o.grad_clip, cosine_steps=cosine_steps, final_lr_ratio=o.final_lr_ratio)
+
+
 @dataclasses.dataclass
 class Run:
     """Everything the loop needs, built once."""
@@ -94,6 +105,23 @@ class Run:
     scorer: Any
     settings: Any
     eos_ids: tuple
+
+
+def build_run(cfg, *, devices=None) -> tuple[Run, Any, Any]:
+    """(Run, initial params, close): mesh, tokenizer, model, environment and its scorer pool (with
+    `env.options`), step settings - the set-up the RL loop and test-time SDPO share."""
+    mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor, devices=devices)
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    model_cfg, params = build_model(cfg, tokenizer, mesh)
+    extra_eos = model_cfg.eos_token_id
+    extra_eos = [extra_eos] if isinstance(extra_eos, int) else list(extra_eos or ())
+    eos_ids = tuple(sorted({tokenizer.eos_token_id, *extra_eos}))
+    scorer = envs_lib.base.Scorer(  # runs the env's check_ready (e.g. the code sandbox) here, before training
+        cfg.env.name, num_workers=cfg.env.num_workers or None, timeout_s=cfg.env.timeout_s,
+        env_options={**cfg.env.options.to_dict(), "unsafe": cfg.env.unsafe_allow_no_sandbox})
+    run = Run(cfg, mesh, tokenizer, model_cfg, envs_lib.get_env(cfg.env.name), scorer.score, step_settings(cfg),
+              eos_ids)
+    return run, params, getattr(scorer, "close", lambda: None)
 
 
 # -------------------------------------------------------------------------------------------- rollout
@@ -114,11 +142,15 @@ def completion_texts(tokenizer, tokens_nc: np.ndarray, lengths_n: np.ndarray) ->
 def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: float, top_p: float,
            top_k: int = 0) -> dict:
     """Generate n completions per problem and score them; a group's rows are contiguous."""
-    cfg = run.cfg
+    cfg, model_cfg = run.cfg, run.model_cfg
     messages, prompt_ids = prompt_ids_for(run, problems)
     start = time.time()
+    if jnp.dtype(model_cfg.compute_dtype) != jnp.dtype(model_cfg.param_dtype):
+        # fp32 master weights, bf16 compute: decode reads a compute-dtype copy (half the bytes per step),
+        # made once per generation batch; same values, since the forward casts the weights anyway
+        params = sampling.decode_params(model_cfg, params, None, dtype=model_cfg.compute_dtype)
     out = sampling.generate(
-        run.model_cfg, params, prompt_ids, max_new_tokens=cfg.rollout.max_new_tokens,
+        model_cfg, params, prompt_ids, max_new_tokens=cfg.rollout.max_new_tokens,
         temperature=temperature, top_p=top_p, top_k=top_k, eos_ids=run.eos_ids, n=n, rng=rng,
         prompt_buckets=tuple(cfg.rollout.prompt_buckets), mesh=run.mesh,
         cache_dtype=cfg.rollout.cache_dtype, pad_id=run.tokenizer.pad_token_id)
@@ -249,7 +281,7 @@ def load_rows(cfg) -> tuple[list[dict], list[dict]]:
     return train, evals[:cfg.data.eval_prompts]
 
 
-def _warm_started_params(run: Run, params, train_rows: list[dict], log) -> Any:
+def warm_started_params(run: Run, params, train_rows: list[dict], log) -> Any:
     """The demo's supervised warm start, made once and reused (RL runs and test-time SDPO share it)."""
     from sdpo_jax import warm_start as ws
 
@@ -333,17 +365,13 @@ def run(cfg) -> int:
     """Train with the config; returns a process exit code (0 also after a SIGTERM-requested stop)."""
     is_main = jax.process_index() == 0
     os.makedirs(cfg.run_dir, exist_ok=True)
-    mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor)
-    tokenizer = load_tokenizer(cfg.tokenizer.path)
-    model_cfg, params = build_model(cfg, tokenizer, mesh)
-    env = envs_lib.get_env(cfg.env.name)
-    eos_ids = tuple(sorted({tokenizer.eos_token_id, *([model_cfg.eos_token_id] if isinstance(model_cfg.eos_token_id, int)
-                                                      else list(model_cfg.eos_token_id or ()))}))
-    scorer = envs_lib.base.Scorer(cfg.env.name, num_workers=cfg.env.num_workers or None,
-                                  timeout_s=cfg.env.timeout_s,
-                                  env_options={"unsafe": cfg.env.unsafe_allow_no_sandbox})
-    settings = step_settings(cfg)
-    run_ = Run(cfg, mesh, tokenizer, model_cfg, env, scorer.score, settings, eos_ids)
+    processes = jax.process_count()
+    if cfg.data.prompts_per_step % processes or (cfg.optim.minibatch_prompts or 0) % processes:
+        raise ConfigError(f"config: data.prompts_per_step={cfg.data.prompts_per_step} and optim.minibatch_prompts="
+                          f"{cfg.optim.minibatch_prompts} must be multiples of the process count ({processes}): "
+                          "each process keeps whole groups")
+    run_, params, close_scorer = build_run(cfg)
+    mesh, tokenizer, model_cfg, settings = run_.mesh, run_.tokenizer, run_.model_cfg, run_.settings
     logger = MetricsLogger(cfg.run_dir, total_steps=cfg.train.steps, enabled=is_main,
                            tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
                            config=cfg.to_dict(), progress_bar=cfg.logging.progress_bar)
@@ -356,11 +384,10 @@ def run(cfg) -> int:
          f"{len(train_rows)} train / {len(eval_rows)} eval problems; env {cfg.env.name}")
 
     if cfg.warm_start.steps:
-        params = _warm_started_params(
+        params = warm_started_params(
             run_, params, train_rows, lambda i, m: log0(f"warm start step {i + 1}/{cfg.warm_start.steps}: "
                                                         f"loss {m['warm_start/loss']:.4f}"))
-    optimizer = ts.make_optimizer(cfg.optim.lr, cfg.optim.warmup_steps, weight_decay=cfg.optim.weight_decay,
-                                  b1=cfg.optim.b1, b2=cfg.optim.b2, grad_clip=cfg.optim.grad_clip)
+    optimizer = make_optimizer(cfg)
     state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
     # One global iterator on every process (see the module docstring); each keeps its block per step.
     data_iter = data_lib.make_train_iterator(train_rows, batch_size=cfg.data.prompts_per_step, seed=cfg.seed)
@@ -434,7 +461,8 @@ def run(cfg) -> int:
                 return 0
         else:
             step = cfg.train.steps - 1
-        _save(checkpointer, step + 1, state, data_iter, counters, cfg)
+        if cfg.checkpoint.at_end:
+            _save(checkpointer, step + 1, state, data_iter, counters, cfg)
         checkpointer.wait()
         if cfg.checkpoint.export_hf_at_end and exit_code == 0:
             host_params = sharding.host_copy(state.params)  # every process joins the gather
@@ -449,8 +477,7 @@ def run(cfg) -> int:
         stop.restore()
         checkpointer.close()
         logger.close()
-        if hasattr(scorer, "close"):
-            scorer.close()
+        close_scorer()
     return exit_code
 
 
@@ -496,8 +523,7 @@ def export_hf_from_run(cfg, out_dir: str) -> None:
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     model_cfg, params = build_model(cfg, tokenizer, mesh)
     settings = step_settings(cfg)
-    optimizer = ts.make_optimizer(cfg.optim.lr, cfg.optim.warmup_steps)
-    state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
+    state = ts.init_train_state(model_cfg, settings, params, make_optimizer(cfg), mesh)
     checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, async_save=False)
     state, meta = checkpointer.restore(state)
     checkpointer.close()

@@ -153,12 +153,28 @@ class StepSettings:
 # ----------------------------------------------------------------------------- optimizer and state
 
 
-def make_optimizer(lr: float, warmup_steps: int, weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
-                   grad_clip: float | None = 1.0, eps: float = 1e-8) -> optax.GradientTransformation:
-    """AdamW (decoupled weight decay on all parameters) after global-norm clipping; the learning rate
-    rises linearly over `warmup_steps` updates (lr * (k + 1) / warmup at update k) and stays at `lr`."""
+def lr_schedule(lr: float, warmup_steps: int, *, cosine_steps: int = 0, final_lr_ratio: float = 1.0):
+    """Learning rate at update `count`: a linear rise over `warmup_steps` updates (lr * (k + 1) / warmup
+    at update k), then `lr` (constant), or with `cosine_steps` > 0 a cosine from `lr` down to
+    `lr * final_lr_ratio` over that many updates after the warmup, then that floor."""
     warmup = max(int(warmup_steps), 1)
-    schedule = lambda count: lr * jnp.minimum(1.0, (count + 1) / warmup)  # noqa: E731
+
+    def schedule(count):
+        rise = lr * jnp.minimum(1.0, (count + 1) / warmup)
+        if cosine_steps <= 0:
+            return rise
+        progress = jnp.clip((count + 1 - warmup) / cosine_steps, 0.0, 1.0)
+        decay = final_lr_ratio + (1.0 - final_lr_ratio) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+        return jnp.where(count + 1 < warmup, rise, lr * decay)
+
+    return schedule
+
+
+def make_optimizer(lr: float, warmup_steps: int, weight_decay: float = 0.01, b1: float = 0.9, b2: float = 0.999,
+                   grad_clip: float | None = 1.0, eps: float = 1e-8, *, cosine_steps: int = 0,
+                   final_lr_ratio: float = 1.0) -> optax.GradientTransformation:
+    """AdamW (decoupled weight decay on all parameters) after global-norm clipping, at `lr_schedule`."""
+    schedule = lr_schedule(lr, warmup_steps, cosine_steps=cosine_steps, final_lr_ratio=final_lr_ratio)
     adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     return optax.chain(optax.clip_by_global_norm(grad_clip), adamw) if grad_clip else adamw
 

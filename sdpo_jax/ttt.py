@@ -168,26 +168,13 @@ def params_fingerprint(params) -> float:
 
 
 def setup(cfg, *, devices=None, log: Callable[..., None] = print):
-    """(Run, initial params): mesh, tokenizer, model, environment, scorer, step settings, and the
-    demo's warm start (reused from cfg.checkpoint.warm_start_dir, made there when missing)."""
-    from sdpo_jax import envs as envs_lib
-    from sdpo_jax import sharding, train
-    from sdpo_jax.tokenizer import load_tokenizer
+    """(Run, initial params, close): `train.build_run`, then the demo's warm start (reused from cfg.checkpoint.warm_start_dir, made there when missing)."""
+    from sdpo_jax import train
 
-    mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor, devices=devices)
-    tokenizer = load_tokenizer(cfg.tokenizer.path)
-    model_cfg, params = train.build_model(cfg, tokenizer, mesh)
-    env = envs_lib.get_env(cfg.env.name)
-    extra = model_cfg.eos_token_id
-    extra = [extra] if isinstance(extra, int) else list(extra or ())
-    eos_ids = tuple(sorted({tokenizer.eos_token_id, *extra}))
-    scorer = envs_lib.base.Scorer(cfg.env.name, num_workers=cfg.env.num_workers or None, timeout_s=cfg.env.timeout_s,
-                                  env_options={"unsafe": cfg.env.unsafe_allow_no_sandbox})  # runs check_ready
-    run = train.Run(cfg, mesh, tokenizer, model_cfg, env, scorer.score, train.step_settings(cfg), eos_ids)
-    run_closer = getattr(scorer, "close", lambda: None)
+    run, params, run_closer = train.build_run(cfg, devices=devices)
     if cfg.warm_start.steps:
         train_rows = train.load_rows(cfg)[0]
-        params = train._warm_started_params(run, params, train_rows, lambda step, m: log(f"warm start {step}: {m}"))
+        params = train.warm_started_params(run, params, train_rows, lambda step, m: log(f"warm start {step}: {m}"))
     return run, params, run_closer
 
 

@@ -106,3 +106,26 @@ def test_main_reports_config_errors_before_starting():
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode != 0, args
         assert needle in proc.stderr + proc.stdout, (args, proc.stderr[-2000:])
+
+
+def test_env_options_reach_every_score_call_and_unknown_ones_are_named():
+    """`env.options` from the config are passed to every `env.score` call by the scorer pool that
+    `train.build_run` makes; an option the env's score() does not take fails at set-up, naming it."""
+    from configs import demo
+    from sdpo_jax import train
+
+    cfg = demo.get_config()
+    cfg.model.init.update(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
+                          intermediate_size=64)
+    cfg.env.options = {"feedback_style": "positions"}
+    problem = {"id": "p", "digits": "123", "ops": ["reverse"], "answer": "321"}
+    run, _, close = train.build_run(cfg)
+    try:
+        [score], _ = run.scorer([problem], ["329"], [False])
+    finally:
+        close()
+    assert score.reward == 0.0 and "Position 3 should be 1" in score.feedback, score.feedback
+
+    cfg.env.options = {"feedback_styel": "positions"}
+    with pytest.raises(ValueError, match="feedback_styel"):
+        train.build_run(cfg)

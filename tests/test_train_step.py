@@ -240,3 +240,14 @@ def test_bad_settings_and_batches_raise_clear_errors():
         ts.make_train_step(MODEL, settings, opt)(state, make_batch(0))
     with pytest.raises(ValueError, match="sd_mask"):
         ts.canonical_batch(make_batch(0)._replace(sd_mask=np.ones(3, np.float32)))
+
+
+def test_lr_schedule_warmup_then_constant_or_cosine():
+    """lr_schedule: linear warmup to lr; constant afterwards by default; with cosine_steps, lr at the end
+    of the warmup, lr * (1 + r) / 2 half-way, lr * r from the last update on."""
+    const = ts.lr_schedule(1.0, 4)
+    assert [float(const(k)) for k in (0, 1, 3, 100)] == [0.25, 0.5, 1.0, 1.0]
+    cos = ts.lr_schedule(2.0, 1, cosine_steps=10, final_lr_ratio=0.1)
+    np.testing.assert_allclose([float(cos(k)) for k in (0, 5, 10, 50)], [2.0, 2.0 * 0.55, 0.2, 0.2], rtol=1e-6)
+    warm_cos = ts.lr_schedule(1.0, 4, cosine_steps=8, final_lr_ratio=0.0)
+    np.testing.assert_allclose([float(warm_cos(k)) for k in (0, 3, 7, 11)], [0.25, 1.0, 0.5, 0.0], atol=1e-6)
