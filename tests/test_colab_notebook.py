@@ -1,6 +1,6 @@
 """The Colab notebook `launch/colab_demo.ipynb`, executed cell by cell in a real Jupyter kernel (nbclient) in
 its CPU mode (SDPO_COLAB_CPU=1): a tiny random Qwen3 written by transformers, the generated math set, the
-feedback environment, 2 SDPO steps through `train.run`, and the plot cell. The kernel is this venv's python,
+math environment with its feedback options (cfg.env.options), 2 SDPO steps through `train.run`, and the plot cell. The kernel is this venv's python,
 registered under a private kernelspec in tmp_path so a fresh clone with only requirements-test.txt works."""
 import json
 import math
@@ -47,8 +47,9 @@ def test_committed_notebook_is_clean_and_has_the_cpu_flag():
 
 def test_notebook_runs_end_to_end_in_cpu_mode(monkeypatch, tmp_path):
     """Invariant: with SDPO_COLAB_CPU=1 every cell of the notebook executes without error in a fresh kernel,
-    the run loads the tiny Hugging Face checkpoint the notebook wrote, logs a finite loss for each of its 2
-    SDPO steps and held-out accuracy at the start and the end, and the plot cell writes a PNG."""
+    the run loads the tiny Hugging Face checkpoint the notebook wrote, scores with the math env whose feedback
+    options (cfg.env.options) reach every score call, logs a finite loss for each of its 2 SDPO steps and
+    held-out accuracy at the start and the end, and the plot cell writes a PNG."""
     _kernel_env(monkeypatch, tmp_path)
     work = tmp_path / "work"
     work.mkdir()
@@ -60,12 +61,16 @@ def test_notebook_runs_end_to_end_in_cpu_mode(monkeypatch, tmp_path):
     run_dir = work / "runs" / "colab_math"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"]["path"] == str(work / "tiny_qwen3")
-    assert config["env"]["name"] == "math_feedback_env" and config["train"]["steps"] == 2
+    assert config["env"]["name"] == "math" and config["train"]["steps"] == 2
+    assert config["env"]["options"] == {"feedback": True, "correctness_feedback": True}
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = {r["step"]: r for r in rows if "loss" in r}
     assert sorted(steps) == [1, 2]
     for row in steps.values():
         assert math.isfinite(row["loss"]) and math.isfinite(row["grad_norm"]), row
+        # the options reached the scoring workers: 8 random tokens hold no boxed answer, so every sample
+        # gets format / truncation feedback (with the math env's default options it would get none)
+        assert row["feedback_available_fraction"] == 1.0, row
     assert rows[-1]["generations"] == 2 * 2 * 4
     evals = [r for r in rows if "eval/accuracy" in r]
     assert [r["generations"] for r in evals] == [0, 16]
