@@ -10,7 +10,9 @@ teacher, bf16 compute, remat + layer scan, bf16 KV cache), the synthetic digit e
 honest scorer), `--prompts` questions x `--n` samples per step, prompts left-padded to one bucket,
 up to `--new_tokens` sampled tokens, reprompting with the environment's feedback, old log-probs,
 the teacher forward, the update in two mini-batches and the EMA teacher update. `warm_start.steps=0`,
-no evaluation, a checkpoint only at the end (outside the timed steps). Per-phase seconds
+no evaluation, no checkpoint (`checkpoint.every=0`, `checkpoint.at_end=False`: the final save of
+fp32 weights + AdamW + EMA, 9.5 GB at 0.6B, would cost device time after the timed steps) and no HF
+export. Per-phase seconds
 (`time_generate`, `time_score`, `time_update`) and the generate tokens/s come from the run's own
 `metrics.jsonl`; the whole-step wall time is the interval between consecutive metric rows (a thread
 stamps each row as it lands), so it also holds detokenisation, reprompting and batch building
@@ -115,8 +117,8 @@ def build_config(args, spec: dict, model_dir: str, run_dir: str):
     c.eval.every = 0
     c.eval.at_start = False
     c.checkpoint.every = 0
+    c.checkpoint.at_end = False
     c.checkpoint.resume = False
-    c.checkpoint.async_save = False
     c.checkpoint.export_hf_at_end = False
     c.logging.tensorboard = False
     c.logging.plot = False
@@ -304,7 +306,7 @@ def main(argv=None):
     parser.add_argument("--peer", default="auto", choices=("auto", "on", "off"),
                         help="auto: on with CUDA, or at --size tiny; off on TPU/CPU at the real size")
     parser.add_argument("--peer_repeats", type=int, default=1)
-    parser.add_argument("--run_dir", default=None, help="default: a fresh temporary directory (/dev/shm if roomy)")
+    parser.add_argument("--run_dir", default=None, help="default: a fresh temporary directory, removed at the end")
     parser.add_argument("--json", default=None, help="write every figure to this JSON file")
     args = parser.parse_args(argv)
     spec = SIZES[args.size]
@@ -327,9 +329,7 @@ def main(argv=None):
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs; python "
           f"{sys.version.split()[0]}; jax {jax.__version__} backend={backend} device={device.device_kind} "
           f"x{jax.local_device_count()}", flush=True)
-    scratch = args.run_dir or tempfile.mkdtemp(
-        prefix="rl_step_", dir="/dev/shm" if os.path.isdir("/dev/shm")
-        and shutil.disk_usage("/dev/shm").free > 40 * 2**30 else None)
+    scratch = args.run_dir or tempfile.mkdtemp(prefix="rl_step_")  # bf16 model, metrics, compile cache
     model_dir, run_dir = os.path.join(scratch, "hf_model"), os.path.join(scratch, "run")
     # The loop's start-up report compiles the train step a second time; a fresh persistent cache makes
     # that a cache hit (and keeps step 1 an honest compile) unless the caller set a cache already.
@@ -403,7 +403,7 @@ def report_ours(args, spec: dict, ours: dict, record: dict) -> None:
           f"{m['response_length']:.1f}), score {m['score_s']:.3f} s, update (old log-probs + teacher + "
           f"2 mini-batches + EMA) {m['update_s']:.3f} s, other (detokenise, reprompt, batch) {m['other_s']:.3f} s")
     print(f"    peak device memory (jax, whole process): {_gib(ours['peak_device_bytes'])}; after the "
-          f"last step (final checkpoint, shutdown): {ours['after_last_step_s']:.1f} s", flush=True)
+          f"last step (shutdown; no final checkpoint or export): {ours['after_last_step_s']:.1f} s", flush=True)
     record.update(ours=ours, peer=None, **summary)
     write_json(args.json, record)
 

@@ -29,7 +29,8 @@ def test_tiny_rl_step_prints_finite_phases_and_ratios(tmp_path):
     """Invariant: `bench/rl_step.py --size tiny --steps 3` drives train.run for 3 steps and reports,
     per step, finite non-negative generate/score/update seconds whose sum fits inside the step's wall
     time (step 1, which compiles, is the longest), medians over steps 2-3, the transformers peer's
-    generate of the same shape (rows x new tokens), and finite positive ratios, also on stdout."""
+    generate of the same shape (rows x new tokens), and finite positive ratios, also on stdout; the run
+    saves no checkpoint (none during, none at the end) and no HF export."""
     out = tmp_path / "rl.json"
     proc = subprocess.run([sys.executable, "bench/rl_step.py", "--size", "tiny", "--steps", "3", "--json", str(out),
                            "--run_dir", str(tmp_path / "scratch")],
@@ -55,3 +56,8 @@ def test_tiny_rl_step_prints_finite_phases_and_ratios(tmp_path):
         assert _finite(result["ratios"][name]) and result["ratios"][name] > 0, name
     assert math.isclose(result["ratios"]["whole_step_over_hf_generate"], median["wall_s"] / peer["generate_s"])
     assert "ratio ours whole RL step / HF generate alone" in proc.stdout
+    # no checkpoint is written (checkpoint.every=0, checkpoint.at_end=False) and no HF export
+    run_dir = tmp_path / "scratch" / "run"
+    assert (run_dir / "metrics.jsonl").is_file()
+    saved = [p.name for p in (run_dir / "checkpoints").iterdir()] if (run_dir / "checkpoints").exists() else []
+    assert not any(name.isdigit() for name in saved) and not (run_dir / "hf_export").exists(), saved
