@@ -7,6 +7,8 @@ values out of range, shapes that cannot divide the mesh, paths that do not exist
 
 from __future__ import annotations
 
+import json
+
 import os
 from typing import Any
 
@@ -210,6 +212,9 @@ def _get(cfg: ConfigDict, dotted: str):
     return node
 
 
+_FREE_FORM_GROUPS = ("env.options",)
+
+
 def _check_schema(cfg: ConfigDict, schema: ConfigDict, prefix: str = "") -> None:
     for key, value in cfg.items():
         name = f"{prefix}{key}"
@@ -218,6 +223,14 @@ def _check_schema(cfg: ConfigDict, schema: ConfigDict, prefix: str = "") -> None
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"config: unknown key {name!r}.{hint} Known keys here: {sorted(schema.keys())}")
         expected = schema[key]
+        if name in _FREE_FORM_GROUPS:  # names checked where they are used (env.score's keywords)
+            if not isinstance(value, ConfigDict):
+                raise ConfigError(f"config: {name!r} must be a group of fields, got {type(value).__name__}")
+            try:
+                json.dumps(value.to_dict())
+            except TypeError as err:
+                raise ConfigError(f"config: {name!r} values must be JSON-serializable: {err}") from None
+            continue
         if isinstance(expected, ConfigDict):
             if not isinstance(value, ConfigDict):
                 raise ConfigError(f"config: {name!r} must be a group of fields, got {type(value).__name__}")
@@ -282,10 +295,10 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None, num_processes: 
         raise ConfigError(
             f"config: data.prompts_per_step={cfg.data.prompts_per_step} is not a multiple of "
             f"optim.minibatch_prompts={mini}")
-    if cfg.data.prompts_per_step % num_processes:
-        raise ConfigError(
-            f"config: data.prompts_per_step={cfg.data.prompts_per_step} must divide evenly over "
-            f"{num_processes} processes (each host reads its own prompts)")
+    for name in ("data.prompts_per_step", "optim.minibatch_prompts"):
+        if (_get(cfg, name) or 0) % num_processes:
+            raise ConfigError(f"config: {name}={_get(cfg, name)} must divide evenly over {num_processes} processes "
+                              "(each keeps whole groups of its own prompts)")
 
     axes = {"mesh.data": cfg.mesh.data, "mesh.fsdp": cfg.mesh.fsdp, "mesh.tensor": cfg.mesh.tensor}
     if sum(v == -1 for v in axes.values()) > 1:

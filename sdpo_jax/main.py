@@ -32,6 +32,10 @@ def main(argv: list[str]) -> int:
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax / grain INFO lines drown the progress
 
+    if not flags.FLAGS["config"].present and not os.path.exists(_DEFAULT_CONFIG):
+        print(f"error: no --config given and the default {_DEFAULT_CONFIG} does not exist (configs/ ships with "
+              "the repository, not the wheel): pass --config=PATH/TO/configs/demo.py", file=sys.stderr)
+        return 2
     cfg = _CONFIG.value
     try:
         config_lib.validate(cfg)  # schema, types, ranges, paths: before jax starts

@@ -37,7 +37,6 @@ from sdpo_jax import data as data_lib
 from sdpo_jax import envs as envs_lib
 from sdpo_jax import models, reprompt, sampling, sharding
 from sdpo_jax import train_step as ts
-from sdpo_jax.config import ConfigError
 from sdpo_jax.logging import MetricsLogger, plot_curves, read_jsonl
 from sdpo_jax.tokenizer import apply_chat_template, load_tokenizer
 
@@ -365,11 +364,6 @@ def run(cfg) -> int:
     """Train with the config; returns a process exit code (0 also after a SIGTERM-requested stop)."""
     is_main = jax.process_index() == 0
     os.makedirs(cfg.run_dir, exist_ok=True)
-    processes = jax.process_count()
-    if cfg.data.prompts_per_step % processes or (cfg.optim.minibatch_prompts or 0) % processes:
-        raise ConfigError(f"config: data.prompts_per_step={cfg.data.prompts_per_step} and optim.minibatch_prompts="
-                          f"{cfg.optim.minibatch_prompts} must be multiples of the process count ({processes}): "
-                          "each process keeps whole groups")
     run_, params, close_scorer = build_run(cfg)
     mesh, tokenizer, model_cfg, settings = run_.mesh, run_.tokenizer, run_.model_cfg, run_.settings
     logger = MetricsLogger(cfg.run_dir, total_steps=cfg.train.steps, enabled=is_main,

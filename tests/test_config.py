@@ -1,4 +1,5 @@
 """Config schema and validate(): every mistake is named before anything heavy starts."""
+import os
 import subprocess
 import sys
 
@@ -118,6 +119,7 @@ def test_env_options_reach_every_score_call_and_unknown_ones_are_named():
     cfg.model.init.update(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                           intermediate_size=64)
     cfg.env.options = {"feedback_style": "positions"}
+    config_lib.validate(cfg)  # option names are free-form here; build_run checks them against score()
     problem = {"id": "p", "digits": "123", "ops": ["reverse"], "answer": "321"}
     run, _, close = train.build_run(cfg)
     try:
@@ -129,3 +131,34 @@ def test_env_options_reach_every_score_call_and_unknown_ones_are_named():
     cfg.env.options = {"feedback_styel": "positions"}
     with pytest.raises(ValueError, match="feedback_styel"):
         train.build_run(cfg)
+
+
+def test_groups_must_split_evenly_over_processes():
+    """With several processes, prompts_per_step and minibatch_prompts must be multiples of the process
+    count (each process keeps whole groups); the error names the field."""
+    from configs import demo
+
+    cfg = demo.get_config()
+    cfg.data.prompts_per_step, cfg.optim.minibatch_prompts = 12, 6
+    config_lib.validate(cfg, num_processes=2)
+    config_lib.validate(cfg, num_processes=3)
+    with pytest.raises(config_lib.ConfigError, match="optim.minibatch_prompts=6 must divide evenly over 4"):
+        config_lib.validate(cfg, num_processes=4)
+    cfg.optim.minibatch_prompts = 0
+    with pytest.raises(config_lib.ConfigError, match="data.prompts_per_step=12 must divide evenly over 5"):
+        config_lib.validate(cfg, num_processes=5)
+
+
+def test_installed_package_without_configs_asks_for_a_config_path(tmp_path):
+    """Installed from a wheel (no configs/ beside the package), `python -m sdpo_jax.main` with no
+    --config exits 2 with a message that says to pass --config, instead of a traceback."""
+    import shutil
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copytree(os.path.join(repo, "sdpo_jax"), tmp_path / "sdpo_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-m", "sdpo_jax.main"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "pass --config=" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
