@@ -80,6 +80,7 @@ def step_settings(cfg) -> ts.StepSettings:
         dual_clip=loss.dual_clip, adv_clip=loss.adv_clip, norm_adv_by_std=loss.norm_adv_by_std,
         teacher_kind=teacher.kind, ema_rate=teacher.ema_rate, trust_region_mix=teacher.trust_region_mix,
         vocab_chunk=loss.vocab_chunk, seq_chunk=loss.seq_chunk, micro_batches=optim.micro_batches, minibatch_groups=mini,
+        old_logprobs_from_step=mini == cfg.data.prompts_per_step,
     )
 
 

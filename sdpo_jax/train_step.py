@@ -97,7 +97,9 @@ class StepSettings:
     flattened B*T) per logits block, so a block is at most seq_chunk x vocab_chunk fp32 (None/0 = all
     tokens at once); micro_batches: gradient-accumulation splits of a mini-batch; minibatch_groups: whole groups
     (questions) per optimizer step (0 = the whole generation batch); skip_nonfinite: skip updates whose
-    loss or gradient norm is not finite."""
+    loss or gradient norm is not finite. old_logprobs_from_step: one optimizer step per generation batch
+    (on-policy), so pi_old is the current policy: the step uses stop_gradient of its own log-probs and
+    `update_on_generation_batch` skips the separate old-log-prob forward (TRL does the same)."""
     objective: str = "sdpo"
     hybrid_lambda: float = 0.9
     loss_mode: str = "topk"
@@ -121,6 +123,7 @@ class StepSettings:
     micro_batches: int = 1
     minibatch_groups: int = 0
     skip_nonfinite: bool = True
+    old_logprobs_from_step: bool = False
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -291,6 +294,8 @@ def _micro_loss(model_cfg, settings: StepSettings, params, teacher_params, mb: R
     cm = mb.completion_mask.astype(jnp.float32)
     sd_m = cm * mb.sd_mask[:, None]
     ls_y = q["ls_y"]
+    if settings.old_logprobs_from_step:  # on-policy: pi_old is the policy being updated, before this step
+        mb = mb._replace(old_logprobs=jax.lax.stop_gradient(ls_y))
     sums = {"sd_rows": jnp.sum(rw * mb.sd_mask), "rows": jnp.sum(rw)}
     loss_sd = loss_pg = jnp.float32(0.0)
     if settings.uses_sdpo:
@@ -520,8 +525,13 @@ def update_on_generation_batch(step, model_cfg, settings: StepSettings, state: T
     if recompute_advantages:
         batch = batch._replace(advantages=compute_grpo_advantages(batch.rewards, batch.group_ids,
                                                                   norm_by_std=settings.norm_adv_by_std))
-    minibatches = [mb._replace(old_logprobs=compute_old_logprobs(model_cfg, settings, state.params, mb, mesh=mesh))
-                   for mb in split_minibatches(settings, batch, mesh)]
+    minibatches = split_minibatches(settings, batch, mesh)
+    if settings.old_logprobs_from_step:
+        if len(minibatches) != 1:
+            raise ValueError(f"old_logprobs_from_step needs one mini-batch per generation batch, got {len(minibatches)}")
+    else:
+        minibatches = [mb._replace(old_logprobs=compute_old_logprobs(model_cfg, settings, state.params, mb, mesh=mesh))
+                       for mb in minibatches]
     per_step = []
     for mb in minibatches:
         state, metrics = step(state, mb)

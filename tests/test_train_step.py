@@ -251,3 +251,28 @@ def test_lr_schedule_warmup_then_constant_or_cosine():
     np.testing.assert_allclose([float(cos(k)) for k in (0, 5, 10, 50)], [2.0, 2.0 * 0.55, 0.2, 0.2], rtol=1e-6)
     warm_cos = ts.lr_schedule(1.0, 4, cosine_steps=8, final_lr_ratio=0.0)
     np.testing.assert_allclose([float(warm_cos(k)) for k in (0, 3, 7, 11)], [0.25, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("objective", ["sdpo", "hybrid"])
+def test_on_policy_old_logprobs_from_the_step_equal_the_separate_forward(objective):
+    """old_logprobs_from_step (one mini-batch per generation batch): the step's own stop-gradient
+    log-probs as pi_old give the same updated parameters and metrics (1e-5) as the separate old-log-prob
+    forward, with the IS weight and rollout TIS active; with two mini-batches it refuses."""
+    params = make_params(3)
+    settings = dataclasses.replace(BASE, objective=objective, teacher_kind="ema", micro_batches=2)
+    fast = dataclasses.replace(settings, old_logprobs_from_step=True)
+    opt = ts.make_optimizer(1e-3, 0)
+    results = []
+    for s in (settings, fast):
+        state = ts.init_train_state(MODEL, s, jax.tree.map(jnp.array, params), opt)
+        step = ts.make_train_step(MODEL, s, opt)
+        results.append(ts.update_on_generation_batch(step, MODEL, s, state, make_batch(2)))
+    (slow_state, slow_m), (fast_state, fast_m) = results
+    for a, b in zip(jax.tree.leaves(slow_state.params), jax.tree.leaves(fast_state.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    for name in ("loss", "grad_norm", "is_weight_mean"):
+        np.testing.assert_allclose(slow_m[name], fast_m[name], rtol=1e-5, atol=1e-7)
+    two = dataclasses.replace(fast, minibatch_groups=1)
+    state = ts.init_train_state(MODEL, two, jax.tree.map(jnp.array, params), opt)
+    with pytest.raises(ValueError, match="one mini-batch"):
+        ts.update_on_generation_batch(ts.make_train_step(MODEL, two, opt), MODEL, two, state, make_batch(2))
