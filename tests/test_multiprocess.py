@@ -32,6 +32,7 @@ TINY = [
     "--config.eval.every=2", "--config.eval.at_start=False", "--config.data.eval_prompts=6",
     "--config.checkpoint.every=1", "--config.checkpoint.async_save=False", "--config.logging.plot=False",
     "--config.logging.progress_bar=False", "--config.checkpoint.export_hf_at_end=False", "--config.optim.lr=1e-3",
+    "--config.optim.schedule=constant",  # the runs differ in train.steps; a cosine would follow it
 ]
 
 
