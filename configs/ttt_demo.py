@@ -24,6 +24,7 @@ def get_config():
     c.rollout.n = 16  # attempts per SDPO step
     c.optim.minibatch_prompts = 0  # one optimizer step per batch of 16
     c.optim.lr = 1e-4
+    c.optim.schedule = "constant"  # as the paper's test-time runs
     c.optim.warmup_steps = 0
     c.loss.objective = "sdpo"
     c.loss.mode = "topk"

@@ -445,6 +445,12 @@ def main(argv: list[str]) -> int:
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax INFO lines drown the progress lines
 
+    from absl import flags
+
+    if not flags.FLAGS["config"].present and not os.path.exists(_DEFAULT):
+        print(f"error: no --config given and the default {_DEFAULT} does not exist (configs/ ships with the "
+              "repository, not the wheel): pass --config=PATH/TO/configs/ttt_demo.py", file=sys.stderr)
+        return 2
     cfg = _CONFIG.value
     try:
         validate_ttt(cfg)

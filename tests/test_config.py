@@ -150,15 +150,16 @@ def test_groups_must_split_evenly_over_processes():
 
 
 def test_installed_package_without_configs_asks_for_a_config_path(tmp_path):
-    """Installed from a wheel (no configs/ beside the package), `python -m sdpo_jax.main` with no
-    --config exits 2 with a message that says to pass --config, instead of a traceback."""
+    """Installed from a wheel (no configs/ beside the package), `python -m sdpo_jax.main` (and
+    `sdpo_jax.ttt`) with no --config exits 2 with a message that says to pass --config, instead of a traceback."""
     import shutil
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     shutil.copytree(os.path.join(repo, "sdpo_jax"), tmp_path / "sdpo_jax",
                     ignore=shutil.ignore_patterns("__pycache__"))
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-m", "sdpo_jax.main"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "pass --config=" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    for module in ("sdpo_jax.main", "sdpo_jax.ttt"):
+        proc = subprocess.run([sys.executable, "-m", module], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2, module + proc.stdout + proc.stderr
+        assert "pass --config=" in proc.stderr and "Traceback" not in proc.stderr, module + proc.stderr
