@@ -306,6 +306,17 @@ def warm_started_params(run: Run, params, train_rows: list[dict], log) -> Any:
                               prompt_buckets=cfg.reprompt.teacher_prompt_buckets,
                               answer_buckets=cfg.rollout.completion_buckets, log=log)
     ckpt_lib.save_params(directory, params, {"warm_start_steps": cfg.warm_start.steps})
+    # Held-out check (evaluation problems, else the tail of the training set): does the model answer
+    # directly, and can it read the answer off feedback / a sibling's solution (what the self-teacher needs)?
+    held_out = (load_rows(cfg)[1] or train_rows[-64:])[:64]
+    direct = ws.build_examples(run.tokenizer, run.env, held_out, feedback_fraction=0.0, corrupt=corrupt, seed=1,
+                               enable_thinking=cfg.tokenizer.enable_thinking)
+    in_context = ws.build_examples(run.tokenizer, run.env, held_out, feedback_fraction=1.0, corrupt=corrupt, seed=1,
+                                   enable_thinking=cfg.tokenizer.enable_thinking)
+    check = dict(pad_id=run.tokenizer.pad_token_id, prompt_buckets=cfg.reprompt.teacher_prompt_buckets)
+    log0(f"warm start done: first answer token right {ws.first_token_accuracy(run.model_cfg, params, direct, **check):.2f} "
+         f"from the question alone, {ws.first_token_accuracy(run.model_cfg, params, in_context, **check):.2f} with "
+         f"feedback or a solution in context ({len(held_out)} held-out problems)")
     return params
 
 

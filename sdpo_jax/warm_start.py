@@ -79,6 +79,23 @@ def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int, prompt
     return ids, mask, target_mask
 
 
+def first_token_accuracy(model_cfg, params, examples: Sequence[tuple[list[int], list[int]]], *, pad_id: int,
+                         prompt_buckets) -> float:
+    """Share of (prompt, answer) examples whose first answer token is the model's argmax after the
+    prompt: a cheap, teacher-forced check of a one-token answer (e.g. the demo's digit)."""
+    if not examples:
+        return float("nan")
+    ids, mask = pad_to_bucket([p for p, _ in examples], prompt_buckets, pad_id, side="left")
+    first_answer_ids = np.array([a[0] for _, a in examples], np.int32)
+
+    @jax.jit
+    def accuracy(params, ids_bt, mask_bt, first_b):  # a replicated scalar, also when params span processes
+        logits_bv = models.forward(model_cfg, params, ids_bt, mask_bt)[:, -1]
+        return jnp.mean((jnp.argmax(logits_bv, axis=-1) == first_b).astype(jnp.float32))
+
+    return float(accuracy(params, ids.astype(np.int32), mask.astype(np.int32), first_answer_ids))
+
+
 def warm_start(model_cfg, params, examples_for_step: Callable[[int], list], *, steps: int, lr: float,
                pad_id: int, prompt_buckets, answer_buckets, log: Callable[[int, dict], Any] | None = None):
     """Run `steps` SFT steps (AdamW, cosine decay) on the batches `examples_for_step(i)` gives."""
