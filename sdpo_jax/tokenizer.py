@@ -54,7 +54,10 @@ _WORDS = (
     "none class self import value values truncated yes no"
 ).split()
 
-_OPS = ("reverse", "sort", "inc", "dec", "rotate")  # the synthetic demo task's operations
+_OPS = ("reverse", "sort", "inc", "dec", "rotate", "max", "min", "first", "last",  # the synthetic task's ops
+        "flip", "order", "up", "down", "spin", "top", "low", "head", "tail",  # and other names for them
+        "zap", "mix", "pick", "turn", "move", "keep", "shift", "drop", "lift", "swap", "step", "hop", "fold", "grab",
+        "cut")
 _SENTENCES = (
     "Apply the ops left to right. Answer with digits only.",
     "Format error: answer with digits only, like 1 2 3 or 123; got",
@@ -63,6 +66,7 @@ _SENTENCES = (
     "The answer has 3 digits; it should have 4.",
     "Missing at the end:",
     "The following is feedback from your unsuccessful earlier attempt:",
+    "Your answer is wrong.",
 )
 
 
@@ -71,11 +75,17 @@ def _demo_corpus(seed: int = 0, num_lines: int = 4000) -> list[str]:
     rng = random.Random(seed)
     lines = []
     for _ in range(num_lines):
-        kind = rng.randrange(5)
+        kind = (0, 1, 2, 3, 4, 4, 5, 5, 5, 5)[rng.randrange(10)]  # 5: the synthetic task's feedback
         digits = " ".join(str(rng.randrange(10)) for _ in range(rng.randint(2, 8)))
+        ops = " ".join(rng.choice(_OPS) for _ in range(rng.randint(1, 3)))
         if kind == 0:
-            ops = " ".join(rng.choice(_OPS) for _ in range(rng.randint(1, 3)))
             lines.append(f"{ops} {digits}")
+        elif kind == 5 and rng.random() < 0.2:  # chat scaffolding, as the templates write it
+            lines.append(f"{IM_START}user\n{ops} {digits}{IM_END}\n{IM_START}assistant\n")
+        elif kind == 5:  # the synthetic env's default feedback
+            attempt = digits.replace(" ", "")[:rng.randint(1, 3)]
+            lines.append(f"Test case: {ops} {digits.replace(' ', '')} -> {rng.randrange(10)}. "
+                         f"Your answer {attempt} is wrong; {ops} means {rng.choice(_OPS)} {rng.choice(_OPS)}.")
         elif kind == 4:
             lines.append(rng.choice(_SENTENCES))
         elif kind == 1:

@@ -37,8 +37,11 @@ def test_digits_are_single_tokens(demo_tok):
     assert merged_with_digit == []
     ids = demo_tok("4183", add_special_tokens=False)["input_ids"]
     assert ids == [vocab["4"], vocab["1"], vocab["8"], vocab["3"]]
-    # short task words are single tokens
-    assert len(demo_tok("reverse", add_special_tokens=False)["input_ids"]) == 1
+    # the synthetic task's op words (and their other names), after a space, are single tokens
+    from sdpo_jax.envs import synthetic
+
+    for word in (*synthetic.OPS, *synthetic.NAME_POOL):
+        assert len(demo_tok(" " + word, add_special_tokens=False)["input_ids"]) == 1, word
 
 
 def test_special_tokens_and_roundtrip(demo_tok):
