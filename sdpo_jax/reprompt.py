@@ -4,6 +4,7 @@ For sample i of a generation batch:
   * a sibling counts as successful when its reward >= `success_threshold`; the demonstration is the
     first successful sample of i's group in batch order, skipping i itself when
     `dont_reprompt_on_self_success` (the yaml default) -- the student's own attempt is never shown;
+    with `include_solution=False` no demonstration is ever used (a feedback-only teacher);
   * `<think>...</think>` and the whitespace after it are removed from the demonstration;
   * the environment feedback is used when `include_feedback`, when it is a non-blank string, and
     (with `feedback_only_without_solution`) only when there is no demonstration;
@@ -46,6 +47,7 @@ class TeacherPrompts:
     metrics: dict[str, float] = field(default_factory=dict)
     num_trimmed: int = 0  # samples whose demonstration / feedback text was shortened to fit max_len
     texts: list[str] = field(default_factory=list)  # the new user turn's text per sample
+    contexts: list[str] = field(default_factory=list)  # per sample: "solution", "feedback" or "none"
 
 
 def strip_thinking(text: str) -> str:
@@ -104,6 +106,7 @@ def build_teacher_prompts(
     dont_reprompt_on_self_success: bool = True,
     remove_thinking: bool = True,
     include_feedback: bool = True,
+    include_solution: bool = True,
     feedback_only_without_solution: bool = True,
     solution_template: str = SOLUTION_TEMPLATE,
     feedback_template: str = FEEDBACK_TEMPLATE,
@@ -153,7 +156,7 @@ def build_teacher_prompts(
     solutions: list[str | None] = []
     for i, g in enumerate(group_ids):
         candidates = [j for j in success_by_group[g]
-                      if not (dont_reprompt_on_self_success and j == i)]
+                      if include_solution and not (dont_reprompt_on_self_success and j == i)]
         if not candidates:
             solutions.append(None)
             continue
@@ -238,5 +241,6 @@ def build_teacher_prompts(
         "feedback_used_fraction": sum(used) / n,
         "reprompt_sample_fraction": float(sd_mask.mean()),
     }
+    contexts = ["solution" if solutions[i] is not None else "feedback" if used[i] else "none" for i in range(n)]
     return TeacherPrompts(ids=ids, sd_mask=sd_mask, metrics=metrics, num_trimmed=num_trimmed,
-                          texts=user_texts)
+                          texts=user_texts, contexts=contexts)
