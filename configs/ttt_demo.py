@@ -34,6 +34,7 @@ def get_config():
     c.teacher.kind = "ema"
     c.teacher.ema_rate = 0.01
     c.eval.every = 0
+    c.eval.min_gain_points = None  # the floor is the RL demo's (configs/demo.py)
     c.logging.progress_bar = False
 
     c.ttt = ttt_defaults()

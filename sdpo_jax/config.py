@@ -30,6 +30,7 @@ _FLEXIBLE_TYPES: dict[str, tuple[type, ...]] = {
     "checkpoint.resume_from": (str, type(None)),
     "checkpoint.warm_start_dir": (str, type(None)),
     "model.path": (str, type(None)),
+    "eval.min_gain_points": (float, int, type(None)),
     "data.eval": (str, type(None)),
     "logging.wandb_project": (str, type(None)),
 }
@@ -64,6 +65,7 @@ def base_config() -> ConfigDict:
     c.model.init.tie_word_embeddings = True
     c.model.init.rope_theta = 10000.0
     c.model.init.sliding_window = placeholder(int)
+    c.model.init.std = 0.02  # N(0, std) for every weight matrix and the embedding
 
     c.tokenizer = ConfigDict()
     c.tokenizer.path = "demo"  # "demo" = the project's own offline BPE; else an HF directory
@@ -83,6 +85,8 @@ def base_config() -> ConfigDict:
     c.data.synthetic_difficulty = 1
     c.data.synthetic_train_size = 4096
     c.data.synthetic_final_ops = ()  # e.g. ("max", "min"): every synthetic answer is one digit
+    c.data.synthetic_uniform_answers = False  # every op chain has uniformly distributed answers
+    c.data.synthetic_aliases = False  # questions name the ops by other words (envs/synthetic.py ALIASES)
 
     c.env = ConfigDict()
     c.env.name = "synthetic"
@@ -108,6 +112,7 @@ def base_config() -> ConfigDict:
     c.reprompt.dont_reprompt_on_self_success = True
     c.reprompt.remove_thinking = True
     c.reprompt.include_feedback = True
+    c.reprompt.include_solution = True  # False: the teacher never sees a sibling's solution (feedback only)
     c.reprompt.feedback_only_without_solution = True
     c.reprompt.max_len = 10240
     c.reprompt.teacher_prompt_buckets = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 10240)
@@ -157,6 +162,9 @@ def base_config() -> ConfigDict:
     c.eval.temperature = 0.6
     c.eval.top_p = 0.95
     c.eval.at_start = True
+    # The run judges itself (the CPU demo): a run that completes train.steps with >= 2 evaluations and
+    # gains fewer points of eval accuracy (first to last evaluation) exits with code 4. None: no floor.
+    c.eval.min_gain_points = placeholder(float)
 
     c.checkpoint = ConfigDict()
     c.checkpoint.every = 10  # 0 = only at the end
@@ -170,16 +178,24 @@ def base_config() -> ConfigDict:
 
     c.logging = ConfigDict()
     c.logging.every = 1
+    # context/* metrics (student vs teacher p(right first answer token), train.context_metrics) every
+    # this many steps, for envs that know the answer; 0 = never. Five extra forward passes each time.
+    c.logging.context_every = 10
     c.logging.tensorboard = True
     c.logging.wandb_project = placeholder(str)
     c.logging.plot = True
     c.logging.progress_bar = True
 
-    c.warm_start = ConfigDict()  # supervised warm start (the demo): 0 steps = none
-    c.warm_start.steps = 0
+    c.warm_start = ConfigDict()  # supervised warm start to a held-out criterion (the demo; warm_start.py)
+    c.warm_start.steps = 0  # the step cap; 0 = no warm start
     c.warm_start.lr = 3e-3
     c.warm_start.batch_size = 64
-    c.warm_start.feedback_fraction = 0.5
+    c.warm_start.feedback_fraction = 0.4  # examples with feedback on a wrong attempt in context
+    c.warm_start.solution_fraction = 0.4  # examples with a sibling's correct solution; the rest: question only
+    c.warm_start.check_every = 100
+    c.warm_start.check_questions = 128
+    c.warm_start.min_solution_accuracy = 0.9  # stop once (a) >= this ...
+    c.warm_start.min_feedback_gain = 0.15  # ... and (b) >= (c) + this
     return c
 
 
@@ -267,8 +283,15 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None, num_processes: 
     for name in ("optim.lr", "rollout.temperature"):
         positive(name, allow_zero=name == "rollout.temperature")
     for name in ("eval.every", "checkpoint.every", "optim.minibatch_prompts", "warm_start.steps",
-                 "optim.warmup_steps", "env.num_workers"):
+                 "optim.warmup_steps", "env.num_workers", "logging.context_every"):
         positive(name, allow_zero=True)
+    if cfg.warm_start.steps:
+        for name in ("warm_start.lr", "warm_start.batch_size", "warm_start.check_every", "warm_start.check_questions"):
+            positive(name)
+        fractions = cfg.warm_start.feedback_fraction + cfg.warm_start.solution_fraction
+        if min(cfg.warm_start.feedback_fraction, cfg.warm_start.solution_fraction) < 0 or fractions > 1:
+            raise ConfigError(f"config: warm_start.feedback_fraction + warm_start.solution_fraction = {fractions} "
+                              "must be in [0, 1] (each >= 0; the rest are question-only examples)")
     if not 0.0 < cfg.rollout.top_p <= 1.0:
         raise ConfigError(f"config: rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
     if not 0.0 <= cfg.loss.alpha <= 1.0:

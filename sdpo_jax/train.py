@@ -35,9 +35,11 @@ import numpy as np
 from sdpo_jax import checkpoint as ckpt_lib
 from sdpo_jax import data as data_lib
 from sdpo_jax import envs as envs_lib
-from sdpo_jax import models, reprompt, sampling, sharding
+from sdpo_jax import context_probe, models, reprompt, sampling, sharding
 from sdpo_jax import train_step as ts
+from sdpo_jax import warm_start as ws
 from sdpo_jax.logging import MetricsLogger, plot_curves, read_jsonl
+from sdpo_jax.run_report import EXIT_BAD_INPUT, EXIT_NO_LEARNING, EXIT_NONFINITE, judge_gain, platform_line
 from sdpo_jax.tokenizer import apply_chat_template, load_tokenizer
 
 def log0(*args) -> None:
@@ -65,7 +67,7 @@ def build_model(cfg, tokenizer, mesh):
         qk_norm="per_head" if init.model_type == "qwen3" else "none", qkv_bias=init.model_type == "qwen2",
         tie_word_embeddings=init.tie_word_embeddings, sliding_window=init.sliding_window,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
-    return model_cfg, models.init_params(model_cfg, jax.random.key(cfg.seed),
+    return model_cfg, models.init_params(model_cfg, jax.random.key(cfg.seed), std=init.std,
                                          shardings=sharding.param_shardings(model_cfg, mesh))
 
 
@@ -169,9 +171,10 @@ def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: 
                 decode_steps=int(out.num_decode_steps))
 
 
-def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.RolloutBatch, dict]:
-    """Host-side RolloutBatch: prompts / teacher prompts left-padded to buckets, completions trimmed.
-    On several processes: this process's rows, padded to the widths every process agrees on."""
+def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.RolloutBatch, dict, reprompt.TeacherPrompts]:
+    """Host-side RolloutBatch: prompts / teacher prompts left-padded to buckets, completions trimmed;
+    its reprompt metrics; the unpadded teacher prompts. On several processes: this process's rows,
+    padded to the widths every process agrees on."""
     cfg, tok = run.cfg, run.tokenizer
     pad = tok.pad_token_id
     teacher = reprompt.build_teacher_prompts(
@@ -179,6 +182,7 @@ def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.Ro
         success_threshold=cfg.reprompt.success_threshold,
         dont_reprompt_on_self_success=cfg.reprompt.dont_reprompt_on_self_success,
         remove_thinking=cfg.reprompt.remove_thinking, include_feedback=cfg.reprompt.include_feedback,
+        include_solution=cfg.reprompt.include_solution,
         feedback_only_without_solution=cfg.reprompt.feedback_only_without_solution,
         enable_thinking=cfg.tokenizer.enable_thinking, max_len=cfg.reprompt.max_len or 10**9)
     # Bucket widths from the longest prompt / teacher prompt / completion over all processes.
@@ -205,14 +209,15 @@ def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.Ro
         sd_mask=teacher.sd_mask.astype(np.float32), old_logprobs=np.zeros_like(sampler_logprobs),
         sampler_logprobs=sampler_logprobs, rewards=rollout["rewards"], group_ids=group_ids.astype(np.int32),
         advantages=advantages)
-    return batch, {**teacher.metrics, "reprompt_trimmed": teacher.num_trimmed}
+    return batch, {**teacher.metrics, "reprompt_trimmed": teacher.num_trimmed}, teacher
 
 
 # ------------------------------------------------------------------------------------------ evaluate
 
 
-def evaluate(run: Run, params, rows: list[dict], rng) -> dict:
-    """avg@k (mean success over k samples per question: the pass@1 estimate) and pass@k.
+def evaluate(run: Run, params, rows: list[dict], rng) -> tuple[dict, np.ndarray]:
+    """(metrics, successes [Q] int): avg@k (mean success over k samples per question: the pass@1
+    estimate), its standard error over questions, pass@k; and each question's number of successes.
 
     Chunks of data.prompts_per_step questions; on several processes each chunk (padded with copies of
     its first question to a multiple of the process count) is split into process blocks like a
@@ -231,8 +236,23 @@ def evaluate(run: Run, params, rows: list[dict], rng) -> dict:
         local = out["rewards"].reshape(len(mine), cfg.eval.n)
         rewards.append(sharding.gather_rows(local)[:len(chunk)])
     success = np.concatenate(rewards) >= cfg.reprompt.success_threshold
-    return {"eval/accuracy": float(success.mean()), f"eval/pass@{cfg.eval.n}": float(success.any(1).mean()),
-            "eval/questions": len(success)}
+    per_question = success.mean(1)
+    metrics = {"eval/accuracy": float(success.mean()), f"eval/pass@{cfg.eval.n}": float(success.any(1).mean()),
+               "eval/accuracy_se": float(per_question.std(ddof=1) / np.sqrt(len(success))) if len(success) > 1 else 0.0,
+               "eval/questions": len(success)}
+    return metrics, success.sum(1).astype(np.int64)
+
+
+def log_evaluation(cfg, step: int, metrics: dict, successes: np.ndarray) -> dict:
+    """Append each question's successes at `step` to run_dir/evals.jsonl (process 0; for paired
+    standard errors between evaluations and runs, bench/demo_compare.sh) and return `metrics`."""
+    if jax.process_index() == 0:
+        import json
+
+        with open(os.path.join(cfg.run_dir, "evals.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "samples_per_question": cfg.eval.n,
+                                "successes": successes.tolist()}) + "\n")
+    return metrics
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -263,70 +283,29 @@ class _StopFlag:
             signal.signal(sig, handler)
 
 
+def synthetic_splits(cfg) -> dict[str, list[dict]]:
+    """The synthetic task's disjoint question sets: RL training, evaluation, the warm start's held-out
+    check and its training questions (envs/synthetic.py `make_splits`)."""
+    from sdpo_jax.envs import synthetic
+
+    sizes = {"train": cfg.data.synthetic_train_size, "eval": cfg.data.eval_prompts}
+    if cfg.warm_start.steps:
+        sizes.update(check=cfg.warm_start.check_questions,
+                     warm_start=max(cfg.data.synthetic_train_size, cfg.warm_start.batch_size))
+    return synthetic.make_splits(
+        sizes, seed=cfg.seed, difficulty=cfg.data.synthetic_difficulty, final_ops=tuple(cfg.data.synthetic_final_ops),
+        uniform_answers=cfg.data.synthetic_uniform_answers, aliases=cfg.data.synthetic_aliases)
+
+
 def load_rows(cfg) -> tuple[list[dict], list[dict]]:
     """Training and evaluation problems. The synthetic task draws disjoint train / eval sets."""
     if cfg.data.train == "synthetic":
-        level = cfg.data.synthetic_difficulty
-        final_ops = tuple(cfg.data.synthetic_final_ops)
-        train = data_lib.load_dataset("synthetic", n=cfg.data.synthetic_train_size, seed=cfg.seed, difficulty=level,
-                                      final_ops=final_ops)
-        seen = {(p["digits"], tuple(p["ops"])) for p in train}
-        candidates = data_lib.load_dataset("synthetic", n=4 * cfg.data.eval_prompts, seed=cfg.seed + 10_000,
-                                           difficulty=level, final_ops=final_ops)
-        evals = [p for p in candidates if (p["digits"], tuple(p["ops"])) not in seen][:cfg.data.eval_prompts]
-        return train, evals
+        splits = synthetic_splits(cfg)
+        return splits["train"], splits["eval"]
     train = data_lib.load_dataset(cfg.data.train, skip_bad=cfg.data.skip_bad_rows, env=cfg.env.name)
     evals = (data_lib.load_dataset(cfg.data.eval, skip_bad=cfg.data.skip_bad_rows, env=cfg.env.name)
              if cfg.data.eval else [])
     return train, evals[:cfg.data.eval_prompts]
-
-
-def warm_started_params(run: Run, params, train_rows: list[dict], log) -> Any:
-    """The demo's supervised warm start, made once and reused (RL runs and test-time SDPO share it)."""
-    from sdpo_jax import warm_start as ws
-
-    cfg = run.cfg
-    directory = cfg.checkpoint.warm_start_dir or os.path.join(cfg.run_dir, "warm_start")
-    if ckpt_lib.RunCheckpointer(directory, async_save=False).latest_step() is not None:
-        log0(f"warm start: reusing {directory}")
-        return ckpt_lib.restore_params(directory, params)[0]
-    log0(f"warm start: {cfg.warm_start.steps} supervised steps, saving to {directory}")
-    corrupt = getattr(run.env, "corrupt_answer", None) or _corrupt_digits
-    per_step = cfg.warm_start.batch_size
-
-    def examples_for_step(i):
-        rows = [train_rows[(i * per_step + k) % len(train_rows)] for k in range(per_step)]
-        return ws.build_examples(run.tokenizer, run.env, rows, feedback_fraction=cfg.warm_start.feedback_fraction,
-                                 corrupt=corrupt, seed=cfg.seed * 100_003 + i,
-                                 enable_thinking=cfg.tokenizer.enable_thinking)
-
-    params = jax.tree.map(jnp.copy, params)  # the SFT step donates its input
-    params, _ = ws.warm_start(run.model_cfg, params, examples_for_step, steps=cfg.warm_start.steps,
-                              lr=cfg.warm_start.lr, pad_id=run.tokenizer.pad_token_id,
-                              prompt_buckets=cfg.reprompt.teacher_prompt_buckets,
-                              answer_buckets=cfg.rollout.completion_buckets, log=log)
-    ckpt_lib.save_params(directory, params, {"warm_start_steps": cfg.warm_start.steps})
-    # Held-out check (evaluation problems, else the tail of the training set): does the model answer
-    # directly, and can it read the answer off feedback / a sibling's solution (what the self-teacher needs)?
-    held_out = (load_rows(cfg)[1] or train_rows[-64:])[:64]
-    direct = ws.build_examples(run.tokenizer, run.env, held_out, feedback_fraction=0.0, corrupt=corrupt, seed=1,
-                               enable_thinking=cfg.tokenizer.enable_thinking)
-    in_context = ws.build_examples(run.tokenizer, run.env, held_out, feedback_fraction=1.0, corrupt=corrupt, seed=1,
-                                   enable_thinking=cfg.tokenizer.enable_thinking)
-    check = dict(pad_id=run.tokenizer.pad_token_id, prompt_buckets=cfg.reprompt.teacher_prompt_buckets)
-    log0(f"warm start done: first answer token right {ws.first_token_accuracy(run.model_cfg, params, direct, **check):.2f} "
-         f"from the question alone, {ws.first_token_accuracy(run.model_cfg, params, in_context, **check):.2f} with "
-         f"feedback or a solution in context ({len(held_out)} held-out problems)")
-    return params
-
-
-def _corrupt_digits(answer: str, rng) -> str:
-    """A plausible wrong attempt: one or two digits changed, or two swapped."""
-    chars = list(answer) or ["0"]
-    for _ in range(rng.randint(1, 2)):
-        i = rng.randrange(len(chars))
-        chars[i] = str((int(chars[i]) + rng.randint(1, 9)) % 10) if chars[i].isdigit() else "0"
-    return "".join(chars)
 
 
 def _reduce_over_processes(metrics: dict) -> dict:
@@ -372,27 +351,53 @@ def report_compiled(train_step, settings, state, batch, mesh) -> None:
          f"outputs {mib(memory.output_size_in_bytes)}, temporaries {mib(memory.temp_size_in_bytes)}")
 
 
+def warm_start_splits(train_rows: list[dict], eval_rows: list[dict]) -> dict[str, list[dict]]:
+    """Warm-start questions for datasets other than the synthetic task: the training rows, checked on
+    the evaluation rows (else the training set's tail)."""
+    return {"warm_start": train_rows, "check": (eval_rows or train_rows[-64:])[:128]}
+
+
+def context_metrics(run: Run, state, problems: list[dict], roll: dict, teacher: reprompt.TeacherPrompts) -> dict:
+    """`context/*` metrics (context_probe.rollout_context_metrics) for environments that know the reference
+    answer (`expected_answer`); {} otherwise and on several processes."""
+    if jax.process_count() > 1 or not hasattr(run.env, "expected_answer"):
+        return {}
+    tok, n = run.tokenizer, run.cfg.rollout.n
+    first_ids = [tok(run.env.expected_answer(p), add_special_tokens=False)["input_ids"][0] for p in problems]
+    teacher_params = state.teacher_params if state.teacher_params is not None else state.params
+    return context_probe.rollout_context_metrics(
+        run.model_cfg, state.params, teacher_params, roll["prompt_ids"], teacher.ids, teacher.contexts,
+        [i for i in first_ids for _ in range(n)], pad_id=tok.pad_token_id,
+        prompt_buckets=tuple(run.cfg.rollout.prompt_buckets),
+        teacher_prompt_buckets=tuple(run.cfg.reprompt.teacher_prompt_buckets))
+
+
 def run(cfg) -> int:
     """Train with the config; returns a process exit code (0 also after a SIGTERM-requested stop)."""
     is_main = jax.process_index() == 0
     os.makedirs(cfg.run_dir, exist_ok=True)
     run_, params, close_scorer = build_run(cfg)
     mesh, tokenizer, model_cfg, settings = run_.mesh, run_.tokenizer, run_.model_cfg, run_.settings
+    splits = synthetic_splits(cfg) if cfg.data.train == "synthetic" else None
+    train_rows, eval_rows = (splits["train"], splits["eval"]) if splits else load_rows(cfg)
+    log0(f"host: {platform_line()}")
+    log0(f"model: {model_cfg.model_type} L={model_cfg.num_layers} D={model_cfg.hidden_size} V={model_cfg.vocab_size} "
+         f"params={sum(x.size for x in jax.tree.leaves(params)):,}; mesh {dict(mesh.shape)}; "
+         f"{len(train_rows)} train / {len(eval_rows)} eval problems; env {cfg.env.name}")
+    if cfg.warm_start.steps:
+        try:
+            params = ws.warm_started_params(cfg, run_, params, splits or warm_start_splits(train_rows, eval_rows),
+                                            log0)
+        except (ws.StaleWarmStart, ws.WarmStartError) as err:
+            log0(f"error: {err}")
+            close_scorer()
+            return EXIT_BAD_INPUT if isinstance(err, ws.StaleWarmStart) else EXIT_NO_LEARNING
     logger = MetricsLogger(cfg.run_dir, total_steps=cfg.train.steps, enabled=is_main,
                            tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
                            config=cfg.to_dict(), progress_bar=cfg.logging.progress_bar)
     if is_main:
         with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
-    train_rows, eval_rows = load_rows(cfg)
-    log0(f"model: {model_cfg.model_type} L={model_cfg.num_layers} D={model_cfg.hidden_size} V={model_cfg.vocab_size} "
-         f"params={sum(x.size for x in jax.tree.leaves(params)):,}; mesh {dict(mesh.shape)}; "
-         f"{len(train_rows)} train / {len(eval_rows)} eval problems; env {cfg.env.name}")
-
-    if cfg.warm_start.steps:
-        params = warm_started_params(
-            run_, params, train_rows, lambda i, m: log0(f"warm start step {i + 1}/{cfg.warm_start.steps}: "
-                                                        f"loss {m['warm_start/loss']:.4f}"))
     optimizer = make_optimizer(cfg)
     state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
     # One global iterator on every process (see the module docstring); each keeps its block per step.
@@ -412,11 +417,12 @@ def run(cfg) -> int:
 
     train_step = ts.make_train_step(model_cfg, settings, optimizer, mesh)
     dump_rollouts = os.environ.get("SDPO_JAX_DUMP_ROLLOUTS", "") not in ("", "0")
+    context_every = cfg.logging.context_every if settings.uses_sdpo else 0
     stop = _StopFlag()
     exit_code, step = 0, start_step
     try:
         if cfg.eval.every and cfg.eval.at_start and start_step == 0 and eval_rows:
-            logger.log(0, {**evaluate(run_, state.params, eval_rows, jax.random.fold_in(eval_key, 0)),
+            logger.log(0, {**log_evaluation(cfg, 0, *evaluate(run_, state.params, eval_rows, jax.random.fold_in(eval_key, 0))),
                            "generations": 0})
         for step in range(start_step, cfg.train.steps):
             global_problems = next(data_iter)
@@ -426,7 +432,7 @@ def run(cfg) -> int:
             roll = sample(run_, state.params, problems, key, n=cfg.rollout.n, temperature=cfg.rollout.temperature,
                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
             group_ids = np.repeat(np.arange(block.start, block.stop) + step * len(global_problems), cfg.rollout.n)
-            batch, reprompt_metrics = rollout_batch(run_, roll, group_ids)
+            batch, reprompt_metrics, teacher_prompts = rollout_batch(run_, roll, group_ids)
             if dump_rollouts:
                 _dump_rollouts(cfg.run_dir, step, problems, group_ids, roll)
             start = time.time()
@@ -441,6 +447,8 @@ def run(cfg) -> int:
             # Over all processes: per-row values gathered in process order (= the global batch order).
             rewards, lengths = sharding.gather_rows(roll["rewards"]), sharding.gather_rows(roll["lengths"])
             tokens = int(lengths.sum())
+            if context_every and (step == 0 or (step + 1) % context_every == 0):
+                reprompt_metrics.update(context_metrics(run_, state, problems, roll, teacher_prompts))
             metrics.update(_reduce_over_processes(reprompt_metrics))
             metrics.update(
                 reward=float(rewards.mean()), accuracy=float((rewards >= cfg.reprompt.success_threshold).mean()),
@@ -450,14 +458,15 @@ def run(cfg) -> int:
                 env_errors=float(sharding.gather_rows(np.array([roll["score_stats"].get("errors", 0)])).sum()),
                 **counters)
             if cfg.eval.every and eval_rows and (step + 1) % cfg.eval.every == 0:
-                metrics.update(evaluate(run_, state.params, eval_rows, jax.random.fold_in(eval_key, step + 1)))
+                metrics.update(log_evaluation(cfg, step + 1, *evaluate(run_, state.params, eval_rows,
+                                                                       jax.random.fold_in(eval_key, step + 1))))
             if (step + 1) % cfg.logging.every == 0 or step + 1 == cfg.train.steps or "eval/accuracy" in metrics:
                 logger.log(step + 1, metrics)
             if counters["nonfinite_in_a_row"] >= cfg.train.max_nonfinite_in_a_row:
                 log0(f"error: {counters['nonfinite_in_a_row']} generation batches in a row had a non-finite loss or "
                      f"gradient (limit train.max_nonfinite_in_a_row={cfg.train.max_nonfinite_in_a_row}); "
                      "stopping. Lower optim.lr or check the data.")
-                exit_code = 3
+                exit_code = EXIT_NONFINITE
                 break
             stopping = stop.agreed()
             if stopping or (cfg.checkpoint.every and (step + 1) % cfg.checkpoint.every == 0):
@@ -477,8 +486,11 @@ def run(cfg) -> int:
                 tokenizer.save_pretrained(os.path.join(cfg.run_dir, "hf_export"))
         if cfg.logging.plot and is_main:
             _plot(cfg)
+        verdict = judge_gain(cfg, completed=step + 1 == cfg.train.steps and exit_code == 0)
         if is_main:
-            _print_eval_summary(cfg)
+            log0(verdict.line)
+        if verdict.missed:
+            exit_code = EXIT_NO_LEARNING
     finally:
         stop.restore()
         checkpointer.close()
@@ -498,17 +510,6 @@ def json_safe(value):
     import json
 
     return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def _print_eval_summary(cfg) -> None:
-    """One line a newcomer can read: evaluation accuracy at the first and the last evaluation."""
-    path = os.path.join(cfg.run_dir, "metrics.jsonl")
-    evals = [r for r in read_jsonl(path) if "eval/accuracy" in r] if os.path.isfile(path) else []
-    if len(evals) >= 2:
-        first, last = evals[0], evals[-1]
-        print(f"eval accuracy ({cfg.loss.objective}): {first['eval/accuracy']:.3f} at {first['generations']} "
-              f"generations -> {last['eval/accuracy']:.3f} at {last['generations']} generations "
-              f"({100 * (last['eval/accuracy'] - first['eval/accuracy']):+.1f} points)", flush=True)
 
 
 def _plot(cfg) -> None:

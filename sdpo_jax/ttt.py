@@ -169,12 +169,13 @@ def params_fingerprint(params) -> float:
 
 def setup(cfg, *, devices=None, log: Callable[..., None] = print):
     """(Run, initial params, close): `train.build_run`, then the demo's warm start (reused from cfg.checkpoint.warm_start_dir, made there when missing)."""
-    from sdpo_jax import train
+    from sdpo_jax import train, warm_start
 
     run, params, run_closer = train.build_run(cfg, devices=devices)
     if cfg.warm_start.steps:
-        train_rows = train.load_rows(cfg)[0]
-        params = train.warm_started_params(run, params, train_rows, lambda step, m: log(f"warm start {step}: {m}"))
+        splits = (train.synthetic_splits(cfg) if cfg.data.train == "synthetic"
+                  else train.warm_start_splits(*train.load_rows(cfg)))
+        params = warm_start.warm_started_params(cfg, run, params, splits, log)
     return run, params, run_closer
 
 
@@ -186,8 +187,9 @@ def load_questions(run, params0, *, log: Callable[..., None] = print) -> tuple[l
     cfg, t = run.cfg, run.cfg.ttt
     if t.questions == "synthetic":
         rows = data_lib.load_dataset("synthetic", n=t.candidate_questions, seed=t.question_seed,
-                                     difficulty=t.synthetic_difficulty,
-                                     final_ops=tuple(cfg.data.synthetic_final_ops))  # the warm start's task
+                                     difficulty=t.synthetic_difficulty, final_ops=tuple(cfg.data.synthetic_final_ops),
+                                     uniform_answers=cfg.data.synthetic_uniform_answers,
+                                     aliases=cfg.data.synthetic_aliases)  # the RL task's questions
     else:
         rows = data_lib.load_dataset(t.questions, env=cfg.env.name)
     info = {"candidates": len(rows)}
@@ -270,7 +272,7 @@ def sdpo_on_question(run, params0, problem: dict, *, seed: int, question_index: 
         attempts += counted
         if first is not None or attempts >= t.budget:
             break
-        batch, reprompt_metrics = train.rollout_batch(run, roll, group_ids)
+        batch, reprompt_metrics, _ = train.rollout_batch(run, roll, group_ids)
         state, metrics = ts.update_on_generation_batch(train_step, run.model_cfg, run.settings, state, batch,
                                                        mesh=run.mesh, rng=jax.random.fold_in(key, 1))
         steps += 1

@@ -136,3 +136,26 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     saved = _checkpoint_steps(run_dir)
     assert saved and saved[-1] < 500
     assert max(_metrics(run_dir)) == saved[-1]
+
+
+def _run_any(run_dir, *extra, timeout=300):
+    return subprocess.run(_cmd(run_dir, *extra), cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_the_run_judges_its_gain_against_eval_min_gain_points(tmp_path):
+    """A completed run with >= 2 evaluations below eval.min_gain_points exits 4 and says so; at or above
+    the floor it exits 0 and says it passed; with fewer than two evaluations there is no verdict (exit 0).
+    The start-up log names the CPU, architecture and XLA instruction set."""
+    evals = ["--config.train.steps=2", "--config.eval.every=1", "--config.data.eval_prompts=4",
+             "--config.checkpoint.every=0"]
+    missed = _run_any(str(tmp_path / "missed"), *evals, "--config.eval.min_gain_points=1000")
+    assert missed.returncode == 4, missed.stdout[-3000:] + missed.stderr[-3000:]
+    assert "below the floor of +1000.0 points (eval.min_gain_points): exit code 4" in missed.stdout
+    assert "XLA CPU instruction set" in missed.stdout and "host: " in missed.stdout
+    passed = _run_any(str(tmp_path / "passed"), *evals, "--config.eval.min_gain_points=-1000")
+    assert passed.returncode == 0 and "passed the floor of -1000.0 points" in passed.stdout
+    lines = [json.loads(x) for x in open(tmp_path / "passed" / "evals.jsonl")]
+    assert [x["step"] for x in lines] == [0, 1, 2] and all(len(x["successes"]) == 4 for x in lines)
+    none = _run_any(str(tmp_path / "none"), "--config.train.steps=1", "--config.eval.min_gain_points=1000")
+    assert none.returncode == 0 and "no verdict on eval.min_gain_points" in none.stdout
