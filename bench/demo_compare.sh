@@ -1,40 +1,39 @@
 #!/usr/bin/env bash
-# SDPO vs GRPO on the CPU demo over 3 seeds: each seed makes one warm start, shared by both methods;
-# prints mean and spread of evaluation accuracy against the number of generations, and writes
-# runs/compare/summary.json and runs/compare/curves.png.
-#   bash bench/demo_compare.sh [seeds...]        (default: 0 1 2; extra config flags via $EXTRA)
+# SDPO vs GRPO on the CPU demo over seeds: each seed makes one warm start, shared by every method of
+# that seed; bench/demo_compare.py then prints mean ± std of evaluation accuracy per evaluation point,
+# each seed's gain with its standard error, SDPO - GRPO per seed with the standard error of the
+# difference, and the generations SDPO needs to reach GRPO's final mean accuracy; it writes
+# $OUT/summary.json and $OUT/curves.png. Every run's log is kept in $OUT/<label>_s<seed>.log.
+#   bash bench/demo_compare.sh [seeds...]          default seeds 0 1 2 3 4
+#   ISA=AVX2 bash bench/demo_compare.sh 0 1 2      XLA_FLAGS=--xla_cpu_max_isa=AVX2 (any ISA XLA knows)
+#   RUNS='label|config|flags;...'                  default 'sdpo|demo|;grpo|demo_grpo|' (first = SDPO)
+#   OUT=dir (default runs/compare, runs/compare_<ISA> with ISA), EXTRA='--config.a=b' for every run
 set -euo pipefail
 cd "$(dirname "$0")/.."
-seeds=("${@:-0 1 2}")
+seeds=("${@:-0 1 2 3 4}")
 read -r -a seeds <<< "${seeds[*]}"
-out=runs/compare
+runs=${RUNS:-"sdpo|demo|;grpo|demo_grpo|"}
+out=${OUT:-runs/compare${ISA:+_$ISA}}
+if [ -n "${ISA:-}" ]; then export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_max_isa=$ISA"; fi
 mkdir -p "$out"
+labels=()
+IFS=';' read -r -a specs <<< "$runs"
 for seed in "${seeds[@]}"; do
-  for method in demo demo_grpo; do
-    python -m sdpo_jax.main --config="configs/$method.py" --config.seed="$seed" \
-      --config.run_dir="$out/${method}_s$seed" --config.checkpoint.warm_start_dir="$out/warm_start_s$seed" \
-      --config.logging.plot=False ${EXTRA:-} | grep -v "^\[" || true
+  for spec in "${specs[@]}"; do
+    IFS='|' read -r label config flags <<< "$spec"
+    [ "$seed" = "${seeds[0]}" ] && labels+=("$label")
+    if [ -f "$out/${label}_s$seed/metrics.jsonl" ] && grep -q '"step": ' "$out/${label}_s$seed/metrics.jsonl" \
+        && [ -f "$out/${label}_s$seed/done" ]; then
+      echo "== $label seed $seed: done already ($out/${label}_s$seed)"; continue
+    fi
+    echo "== $label seed $seed ($config $flags)"
+    # shellcheck disable=SC2086
+    python -m sdpo_jax.main --config="configs/$config.py" --config.seed="$seed" \
+      --config.run_dir="$out/${label}_s$seed" --config.checkpoint.warm_start_dir="$out/warm_start_s$seed" \
+      --config.logging.plot=False --config.logging.progress_bar=False $flags ${EXTRA:-} \
+      > "$out/${label}_s$seed.log" 2>&1 || echo "   exit code $? (see $out/${label}_s$seed.log)"
+    grep -E "^(host|warm start done|warm start: reusing|eval accuracy|error)" "$out/${label}_s$seed.log" || true
+    touch "$out/${label}_s$seed/done"
   done
 done
-python - "$out" "${seeds[@]}" <<'PY'
-import json, os, sys
-import numpy as np
-from sdpo_jax.logging import plot_curves, read_jsonl
-out, seeds = sys.argv[1], sys.argv[2:]
-summary, curves = {}, {}
-for method, label in (("demo", "SDPO"), ("demo_grpo", "GRPO")):
-    per_seed = []
-    for seed in seeds:
-        rows = [r for r in read_jsonl(os.path.join(out, f"{method}_s{seed}", "metrics.jsonl")) if "eval/accuracy" in r]
-        per_seed.append({r["generations"]: r["eval/accuracy"] for r in rows})
-    gens = sorted(set.intersection(*(set(p) for p in per_seed)))
-    acc = np.array([[p[g] for g in gens] for p in per_seed])
-    summary[label] = {"generations": gens, "mean": acc.mean(0).tolist(), "std": acc.std(0).tolist(),
-                      "per_seed": acc.tolist()}
-    curves[label] = [{"generations": g, "eval/accuracy": m} for g, m in zip(gens, acc.mean(0))]
-    print(f"{label}: eval accuracy (mean ± std over seeds {' '.join(seeds)})")
-    for g, m, s in zip(gens, acc.mean(0), acc.std(0)):
-        print(f"  {g:6d} generations: {m:.3f} ± {s:.3f}")
-json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=1)
-print("plot:", plot_curves(curves, os.path.join(out, "curves.png"), title="CPU demo: SDPO vs GRPO, mean over seeds"))
-PY
+python bench/demo_compare.py "$out" --seeds "${seeds[@]}" --labels "${labels[@]}"
