@@ -33,6 +33,7 @@ TINY = [
     "--config.checkpoint.every=1", "--config.checkpoint.async_save=False", "--config.logging.plot=False",
     "--config.logging.progress_bar=False", "--config.checkpoint.export_hf_at_end=False", "--config.optim.lr=1e-3",
     "--config.optim.schedule=constant",  # the runs differ in train.steps; a cosine would follow it
+    "--config.logging.context_every=0",  # context/* metrics are single-process only (train.context_metrics)
 ]
 
 
@@ -153,7 +154,7 @@ def test_only_process_zero_writes_logs(runs):
     events = [os.path.join(two, "tensorboard", f) for f in os.listdir(os.path.join(two, "tensorboard"))]
     steps = sorted(step for path in events for step, scalars in read_tensorboard_scalars(path) if scalars)
     assert steps == [1, 2]
-    assert sorted(os.listdir(two)) == ["checkpoints", "config.json", "hf_export", "metrics.jsonl",
+    assert sorted(os.listdir(two)) == ["checkpoints", "config.json", "evals.jsonl", "hf_export", "metrics.jsonl",
                                        "rollouts_process0.jsonl", "rollouts_process1.jsonl", "tensorboard"]
     out0, out1 = runs["two_outputs"]
     assert "model: qwen3" in out0 and "compiled programs" in out0
