@@ -4,7 +4,7 @@
 
 The model is the demo's (configs/demo.py), warm-started once and saved under runs/demo_warm_start
 (made here when missing). Hard questions, picked as the paper picks them (a low pass rate of the
-initial model): instances of the warm start's own task (data.synthetic_difficulty, 2) that it solved
+initial model): instances of the demo's own task (data.synthetic_difficulty, its aliases) that it solved
 in only 1 or 2 of 64 draws (draws independent of best-of-k's), the first 8 of 160 candidates. Every
 method starts from the same weights with a budget of 256 attempts per question and seed (5 seeds):
 SDPO in batches of 16, one step per batch (reverse KL, top-K 20, EMA 0.01, advantage clip 5.0; lr
