@@ -31,6 +31,12 @@ def qwen3_8b_paper_model(run_dir):
     c.model.path = None
     c.tokenizer.path = MODEL_PLACEHOLDER
     c.tokenizer.enable_thinking = False
+    # Qwen3-8B's public shape (its config.json), for `python -m sdpo_jax.tools.aot` without a checkpoint;
+    # a run loads the real shape from model.path.
+    init = c.model.init
+    init.model_type, init.vocab_size, init.hidden_size, init.num_layers = "qwen3", 151936, 4096, 36
+    init.num_heads, init.num_kv_heads, init.head_dim, init.intermediate_size = 32, 8, 128, 12288
+    init.rope_theta, init.tie_word_embeddings = 1e6, False
     c.model.compute_dtype = "bfloat16"  # fp32 master weights, bf16 compute (as the official runs)
     c.model.param_dtype = "float32"
     c.model.attention_impl = "blockwise"  # splash on TPU / cudnn on GPU via --config.model.attention_impl

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import math
 import os
 from typing import Any
 
@@ -27,6 +28,7 @@ _FLEXIBLE_TYPES: dict[str, tuple[type, ...]] = {
     "reprompt.max_len": (int, type(None)),
     "rollout.top_k": (int,),
     "model.init.sliding_window": (int, type(None)),
+    "model.init.vocab_size": (int, type(None)),
     "checkpoint.resume_from": (str, type(None)),
     "checkpoint.warm_start_dir": (str, type(None)),
     "model.path": (str, type(None)),
@@ -65,6 +67,9 @@ def base_config() -> ConfigDict:
     c.model.init.tie_word_embeddings = True
     c.model.init.rope_theta = 10000.0
     c.model.init.sliding_window = placeholder(int)
+    # Vocabulary of a random init when no tokenizer is loaded (sdpo_jax.tools.aot); training uses the
+    # tokenizer's size rounded up to a multiple of 64.
+    c.model.init.vocab_size = placeholder(int)
     c.model.init.std = 0.02  # N(0, std) for every weight matrix and the embedding
 
     c.tokenizer = ConfigDict()
@@ -264,6 +269,20 @@ def _check_schema(cfg: ConfigDict, schema: ConfigDict, prefix: str = "") -> None
             raise ConfigError(f"config: {name!r} must be {names}, got {type(value).__name__} {value!r}")
 
 
+def resolve_mesh_sizes(cfg: ConfigDict, num_devices: int) -> dict[str, int]:
+    """The mesh axis sizes of a run on `num_devices` devices: `cfg.mesh` with -1 resolved. The default
+    mesh (data 1, fsdp -1, tensor 1: fsdp over every device) on a device count that does not divide a
+    mini-batch's rows would pad each mini-batch with zero-weight rows (8 rows on 32 devices: 75 %
+    padding); it then takes as many fsdp shards as divide the rows and puts the rest on `tensor`."""
+    sizes = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}
+    rows = (cfg.optim.minibatch_prompts or cfg.data.prompts_per_step) * cfg.rollout.n
+    if sizes == {"data": 1, "fsdp": -1, "tensor": 1} and rows % num_devices:
+        fsdp = math.gcd(rows, num_devices)
+        return {"data": 1, "fsdp": fsdp, "tensor": num_devices // fsdp}
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    return {k: (num_devices // fixed if v == -1 else v) for k, v in sizes.items()}
+
+
 def validate(cfg: ConfigDict, *, num_devices: int | None = None, num_processes: int = 1) -> None:
     """Raise ConfigError naming the first bad field and the fix; return None when the config is sound."""
     _check_schema(cfg, base_config())
@@ -338,8 +357,8 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None, num_processes: 
             raise ConfigError(
                 f"config: mesh {axes} needs {'a multiple of ' if has_rest else ''}{fixed} devices, but there "
                 f"are {num_devices}; set one axis to -1 to take the rest")
-        rest = num_devices // fixed
-        data_parallel = (rest if cfg.mesh.data == -1 else cfg.mesh.data) * (rest if cfg.mesh.fsdp == -1 else cfg.mesh.fsdp)
+        resolved = resolve_mesh_sizes(cfg, num_devices)
+        data_parallel = resolved["data"] * resolved["fsdp"]
         rows = cfg.data.prompts_per_step * cfg.rollout.n
         if rows % data_parallel:
             raise ConfigError(

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sdpo_jax import models
+from sdpo_jax import compiled_calls, models
 from sdpo_jax import sharding as sharding_lib
 from sdpo_jax.sampling_ops import SamplingSpec, choose_tokens, is_stop
 
@@ -117,6 +117,24 @@ def _cache_sharding(cfg, mesh) -> NamedSharding | None:
 
 def _row_parallelism(mesh) -> int:
     return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def prompts_per_process(num_prompts: int, n: int, mesh, processes: int = 1) -> int:
+    """The prompt count each process pads its prompts to (copies of its first), so that the global
+    rows processes x count x n divide over the mesh's row axes."""
+    count, rows_per = num_prompts, _row_parallelism(mesh)
+    while (processes * count * n) % rows_per:
+        count += 1
+    return count
+
+
+def prompt_sharding(mesh, global_prompts: int) -> NamedSharding | None:
+    """The prompts' sharding: rows over the row axes when they divide them, else replicated."""
+    if mesh is None:
+        return None
+    if global_prompts % _row_parallelism(mesh) == 0:
+        return _row_sharding(mesh, 2)
+    return NamedSharding(mesh, PartitionSpec())
 
 
 def _constrain(tree, sharding):
@@ -243,6 +261,16 @@ def _decode(cfg, params, state, stop_ids_e, pad_id, rng, *, spec):
 # ----------------------------------------------------------------------------- the public entry
 
 
+def stop_id_slots(num_stop_ids: int) -> int:
+    """Length of the stop-id vector the programs take: the count rounded up to a multiple of 8."""
+    return -(-max(num_stop_ids, 1) // 8) * 8
+
+
+def decode_model_config(cfg):
+    """The ModelConfig both programs run with: the layer stack under `lax.scan`, no remat."""
+    return cfg.replace(scan_layers=True, remat=False)
+
+
 def _as_key(rng):
     if isinstance(rng, (int, np.integer)):
         return jax.random.key(int(rng))
@@ -258,7 +286,8 @@ def _resolve_dtype(cfg, cache_dtype):
 def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              eos_ids: Sequence[int], n: int = 1, rng, prompt_buckets: Sequence[int] | None = None,
-             mesh=None, cache_dtype=None, pad_id: int | None = None) -> GenerateOutput:
+             mesh=None, cache_dtype=None, pad_id: int | None = None,
+             program_names: tuple[str, str] = ("prefill", "decode")) -> GenerateOutput:
     """Sample n completions for each prompt (token-id lists of any lengths) on device.
 
     temperature=0 is greedy. eos_ids may hold several stop ids (or none: fixed-length runs).
@@ -275,7 +304,8 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     all processes, and the decode loop stops when every row of every process is done, so all
     processes run the same programs. Sampling depends only on the global row position (threefry is
     partitionable in this JAX), so P processes with b prompts each draw what one process with the
-    P·b prompts in the same order draws.
+    P·b prompts in the same order draws. `program_names`: what the two programs are called in
+    `compiled_calls` (the evaluation's are "eval_prefill" / "eval_decode").
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"generate: n={n!r} must be an integer >= 1 (samples per prompt)")
@@ -307,23 +337,21 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     # pads its own prompts to the same count b (the global batch is P·b, process p's rows first-to-last
     # in block p), so its rows land on its own devices and come back to it alone.
     processes = jax.process_count() if mesh is not None else 1
-    num_prompts, rows_per = len(prompts), _row_parallelism(mesh)
-    batch = sharding_lib.agree_max(num_prompts) if processes > 1 else num_prompts
-    while (processes * batch * n) % rows_per:
-        batch += 1
+    num_prompts = len(prompts)
+    batch = prompts_per_process(sharding_lib.agree_max(num_prompts) if processes > 1 else num_prompts, n, mesh,
+                                processes)
     longest = sharding_lib.agree_max(max(len(p) for p in prompts)) if processes > 1 else 0
     ids_bp, mask_bp = pad_to_bucket(prompts + [prompts[0]] * (batch - num_prompts), prompt_buckets,
                                     pad_id, side="left", at_least=longest)
     if processes > 1:  # every process holds the whole (small) prompt batch, then keeps its shards
         ids_bp, mask_bp = sharding_lib.gather_rows(ids_bp), sharding_lib.gather_rows(mask_bp)
 
-    prompt_sharding = _row_sharding(mesh, 2) if (processes * batch) % rows_per == 0 else (
-        None if mesh is None else NamedSharding(mesh, PartitionSpec()))
+    prompts_sharding = prompt_sharding(mesh, processes * batch)
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     put = (lambda x, s: jnp.asarray(x)) if mesh is None else sharding_lib.global_from_host
-    ids_bp, mask_bp = put(ids_bp, prompt_sharding), put(mask_bp, prompt_sharding)
+    ids_bp, mask_bp = put(ids_bp, prompts_sharding), put(mask_bp, prompts_sharding)
     # -1 pads the stop ids to a multiple of 8 (never a token), so their count does not recompile.
-    stop_pad = np.full((-(-max(len(stop_ids), 1) // 8) * 8,), -1, np.int32)
+    stop_pad = np.full((stop_id_slots(len(stop_ids)),), -1, np.int32)
     stop_pad[: len(stop_ids)] = stop_ids
     stop_ids_e = put(stop_pad, replicated)
     pad = put(np.int32(pad_id), replicated)
@@ -332,11 +360,15 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
         key = sharding_lib.replicated_key(key, mesh)
     # The layer stack always runs under lax.scan here: one compiled layer body, and (XLA:CPU) no
     # per-step copies of unrolled layer slices (2x faster decode steps at batch 1).
-    cfg = cfg.replace(scan_layers=True, remat=False)
+    cfg = decode_model_config(cfg)
 
+    cache_dtype = _resolve_dtype(cfg, cache_dtype)
+    compiled_calls.note(program_names[0], (params, ids_bp, mask_bp, stop_ids_e, pad, key),
+                        dict(cfg=cfg, spec=spec, n=int(n), max_new_tokens=int(max_new_tokens),
+                             cache_dtype=str(cache_dtype)))
     state = _prefill(cfg, params, ids_bp, mask_bp, stop_ids_e, pad, key, spec=spec, n=int(n),
-                     max_new_tokens=int(max_new_tokens),
-                     cache_dtype=_resolve_dtype(cfg, cache_dtype), mesh=mesh)
+                     max_new_tokens=int(max_new_tokens), cache_dtype=cache_dtype, mesh=mesh)
+    compiled_calls.note(program_names[1], (params, state, stop_ids_e, pad, key), dict(cfg=cfg, spec=spec))
     final, finish = _decode(cfg, params, state, stop_ids_e, pad, key, spec=spec)
     del final["cache"]
     keep = num_prompts * n  # this process's real rows (padding rows dropped)

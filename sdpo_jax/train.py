@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sdpo_jax import checkpoint as ckpt_lib
+from sdpo_jax import config as config_lib
 from sdpo_jax import data as data_lib
 from sdpo_jax import envs as envs_lib
 from sdpo_jax import context_probe, models, reprompt, sampling, sharding
@@ -50,24 +51,32 @@ def log0(*args) -> None:
 # ---------------------------------------------------------------------------------------------- setup
 
 
-def build_model(cfg, tokenizer, mesh):
-    """(ModelConfig, params placed on the mesh): an HF checkpoint, or a random init from cfg.model.init."""
-    overrides = dict(compute_dtype=cfg.model.compute_dtype, param_dtype=cfg.model.param_dtype,
-                     attention_impl=cfg.model.attention_impl, remat=cfg.model.remat,
-                     scan_layers=cfg.model.scan_layers)
-    if cfg.model.path:
-        model_cfg, params = models.load_pretrained(cfg.model.path, mesh=mesh, dtype=cfg.model.param_dtype)
-        return model_cfg.replace(**overrides), params
+def runtime_overrides(cfg) -> dict:
+    """The ModelConfig fields the run config sets on any model (dtypes, attention, remat, layer scan)."""
+    return dict(compute_dtype=cfg.model.compute_dtype, param_dtype=cfg.model.param_dtype,
+                attention_impl=cfg.model.attention_impl, remat=cfg.model.remat, scan_layers=cfg.model.scan_layers)
+
+
+def init_model_config(cfg, vocab_size: int, pad_token_id: int | None = None, eos_token_id=None):
+    """The ModelConfig of a random init from `cfg.model.init` with this vocabulary."""
     init = cfg.model.init
-    vocab = -(-len(tokenizer) // 64) * 64  # round up: friendlier shapes for every backend
-    model_cfg = models.ModelConfig(
-        model_type=init.model_type, vocab_size=vocab, hidden_size=init.hidden_size,
+    return models.ModelConfig(
+        model_type=init.model_type, vocab_size=vocab_size, hidden_size=init.hidden_size,
         num_layers=init.num_layers, num_heads=init.num_heads, num_kv_heads=init.num_kv_heads,
         head_dim=init.head_dim, intermediate_size=init.intermediate_size, rope_theta=init.rope_theta,
         qk_norm="per_head" if init.model_type == "qwen3" else "none", qkv_bias=init.model_type == "qwen2",
         tie_word_embeddings=init.tie_word_embeddings, sliding_window=init.sliding_window,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **overrides)
-    return model_cfg, models.init_params(model_cfg, jax.random.key(cfg.seed), std=init.std,
+        pad_token_id=pad_token_id, eos_token_id=eos_token_id, **runtime_overrides(cfg))
+
+
+def build_model(cfg, tokenizer, mesh):
+    """(ModelConfig, params placed on the mesh): an HF checkpoint, or a random init from cfg.model.init."""
+    if cfg.model.path:
+        model_cfg, params = models.load_pretrained(cfg.model.path, mesh=mesh, dtype=cfg.model.param_dtype)
+        return model_cfg.replace(**runtime_overrides(cfg)), params
+    vocab = -(-len(tokenizer) // 64) * 64  # round up: friendlier shapes for every backend
+    model_cfg = init_model_config(cfg, vocab, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    return model_cfg, models.init_params(model_cfg, jax.random.key(cfg.seed), std=cfg.model.init.std,
                                          shardings=sharding.param_shardings(model_cfg, mesh))
 
 
@@ -109,10 +118,17 @@ class Run:
     eos_ids: tuple
 
 
+def make_run_mesh(cfg, devices=None):
+    """The run's mesh over `devices` (default: all), sized by `config.resolve_mesh_sizes`."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = config_lib.resolve_mesh_sizes(cfg, len(devices))
+    return sharding.make_mesh(**sizes, devices=devices)
+
+
 def build_run(cfg, *, devices=None) -> tuple[Run, Any, Any]:
     """(Run, initial params, close): mesh, tokenizer, model, environment and its scorer pool (with
     `env.options`), step settings - the set-up the RL loop and test-time SDPO share."""
-    mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor, devices=devices)
+    mesh = make_run_mesh(cfg, devices)
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     model_cfg, params = build_model(cfg, tokenizer, mesh)
     extra_eos = model_cfg.eos_token_id
@@ -142,8 +158,9 @@ def completion_texts(tokenizer, tokens_nc: np.ndarray, lengths_n: np.ndarray) ->
 
 
 def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: float, top_p: float,
-           top_k: int = 0) -> dict:
-    """Generate n completions per problem and score them; a group's rows are contiguous."""
+           top_k: int = 0, program_names: tuple[str, str] = ("prefill", "decode")) -> dict:
+    """Generate n completions per problem and score them; a group's rows are contiguous.
+    `program_names`: the names of generate's two programs (`compiled_calls`)."""
     cfg, model_cfg = run.cfg, run.model_cfg
     messages, prompt_ids = prompt_ids_for(run, problems)
     start = time.time()
@@ -155,7 +172,7 @@ def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: 
         model_cfg, params, prompt_ids, max_new_tokens=cfg.rollout.max_new_tokens,
         temperature=temperature, top_p=top_p, top_k=top_k, eos_ids=run.eos_ids, n=n, rng=rng,
         prompt_buckets=tuple(cfg.rollout.prompt_buckets), mesh=run.mesh,
-        cache_dtype=cfg.rollout.cache_dtype, pad_id=run.tokenizer.pad_token_id)
+        cache_dtype=cfg.rollout.cache_dtype, pad_id=run.tokenizer.pad_token_id, program_names=program_names)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     generate_s = time.time() - start
     texts = completion_texts(run.tokenizer, tokens, lengths)
@@ -232,7 +249,7 @@ def evaluate(run: Run, params, rows: list[dict], rng) -> tuple[dict, np.ndarray]
         rng, key = jax.random.split(rng)
         mine = padded[sharding.process_block(len(padded))]
         out = sample(run, params, mine, key, n=cfg.eval.n, temperature=cfg.eval.temperature,
-                     top_p=cfg.eval.top_p)
+                     top_p=cfg.eval.top_p, program_names=("eval_prefill", "eval_decode"))
         local = out["rewards"].reshape(len(mine), cfg.eval.n)
         rewards.append(sharding.gather_rows(local)[:len(chunk)])
     success = np.concatenate(rewards) >= cfg.reprompt.success_threshold
@@ -526,7 +543,7 @@ def _plot(cfg) -> None:
 
 def export_hf_from_run(cfg, out_dir: str) -> None:
     """`--export_hf=DIR`: write the latest checkpoint of cfg.run_dir as a Hugging Face directory."""
-    mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor)
+    mesh = make_run_mesh(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     model_cfg, params = build_model(cfg, tokenizer, mesh)
     settings = step_settings(cfg)

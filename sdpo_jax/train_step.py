@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sdpo_jax import chunked_losses, losses, models, sharding, teacher
+from sdpo_jax import chunked_losses, compiled_calls, losses, models, sharding, teacher
 from sdpo_jax.losses import compute_grpo_advantages  # noqa: F401  (re-exported for the train loop)
 
 OBJECTIVES = ("sdpo", "grpo", "hybrid")
@@ -409,6 +409,7 @@ def make_train_step(model_cfg, settings: StepSettings, optimizer, mesh=None):
         if rows % (dp * m):
             raise ValueError(f"train step: {rows} rows is not a multiple of data-parallel size {dp} x "
                              f"micro_batches {m}; pad with zero-weight rows (update_on_generation_batch does)")
+        compiled_calls.note("train_step", (state, batch))
         if mesh is None:
             return jitted(state, batch)
         with jax.set_mesh(mesh):
@@ -420,6 +421,12 @@ def make_train_step(model_cfg, settings: StepSettings, optimizer, mesh=None):
 
 
 # ----------------------------------------------------------------------------- old log-probs
+
+
+def old_logprobs_statics(model_cfg, settings: StepSettings, micro: int) -> dict:
+    """The static arguments of `_old_logprobs_fn` (one compiled program per distinct value)."""
+    return dict(model_cfg=model_cfg, temperature=settings.temperature, vocab_chunk=settings.vocab_chunk,
+                seq_chunk=settings.seq_chunk, micro=micro)
 
 
 @functools.lru_cache(maxsize=32)
@@ -445,7 +452,9 @@ def compute_old_logprobs(model_cfg, settings: StepSettings, params, batch: Rollo
     batch = canonical_batch(batch)
     n = batch.rewards.shape[0]
     micro = settings.micro_batches if n % settings.micro_batches == 0 else 1
-    fn = _old_logprobs_fn(model_cfg, settings.temperature, settings.vocab_chunk, settings.seq_chunk, micro)
+    statics = old_logprobs_statics(model_cfg, settings, micro)
+    fn = _old_logprobs_fn(**statics)
+    compiled_calls.note("old_logprobs", (params, batch), statics)
     if mesh is None:
         return fn(params, batch)
     with jax.set_mesh(mesh):
@@ -540,6 +549,7 @@ def update_on_generation_batch(step, model_cfg, settings: StepSettings, state: T
     any_applied = bool(np.any(metrics["skipped_nonfinite"] == 0))
     ema = settings.teacher_kind == "ema" and any_applied
     if ema:
+        compiled_calls.note("teacher_update", (state.teacher_params, state.params), dict(rate=settings.ema_rate))
         if mesh is None:
             new_teacher = _ema_fn(settings.ema_rate)(state.teacher_params, state.params)
         else:

@@ -69,14 +69,26 @@ def test_token_mode_requires_reverse_kl():
         config_lib.validate(cfg)
 
 
+def test_default_mesh_takes_as_many_fsdp_shards_as_a_minibatch_has_rows():
+    """Invariant: the default mesh (fsdp over every device) on more devices than divide a mini-batch's rows
+    takes gcd(rows, devices) fsdp shards and the rest on tensor (LCB: 8 rows on 32 devices -> fsdp 8 x tensor
+    4, no padding rows); an explicit mesh, or rows the devices divide, are kept as they are."""
+    cfg = _demo()
+    cfg.data.prompts_per_step, cfg.rollout.n, cfg.optim.minibatch_prompts = 32, 8, 1
+    assert config_lib.resolve_mesh_sizes(cfg, 32) == {"data": 1, "fsdp": 8, "tensor": 4}
+    assert config_lib.resolve_mesh_sizes(cfg, 8) == {"data": 1, "fsdp": 8, "tensor": 1}
+    cfg.mesh.tensor = 2
+    assert config_lib.resolve_mesh_sizes(cfg, 32) == {"data": 1, "fsdp": 16, "tensor": 2}
+
+
 def test_batch_not_divisible_by_data_axes():
     """Invariant: a generation batch that cannot split over mesh.data x mesh.fsdp is named with both."""
     cfg = _demo()
-    cfg.mesh.data, cfg.mesh.fsdp = 1, -1
+    cfg.mesh.data, cfg.mesh.fsdp = 2, -1
     cfg.data.prompts_per_step, cfg.rollout.n = 3, 3
     with pytest.raises(config_lib.ConfigError, match=r"9 rows does not divide over the data-parallel axes .* = 8"):
         config_lib.validate(cfg, num_devices=8)
-    cfg.mesh.fsdp = 3
+    cfg.mesh.data, cfg.mesh.fsdp = 1, 3
     with pytest.raises(config_lib.ConfigError, match=r"needs 3 devices, but there are 8"):
         config_lib.validate(cfg, num_devices=8)
 

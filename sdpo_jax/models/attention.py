@@ -222,6 +222,11 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def _platform() -> str:
+    """The platform being compiled for: the devices of the mesh in context (`jax.set_mesh`; a TPU
+    topology when compiling ahead of time on a CPU host), else the default backend's."""
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    if device is not None and getattr(device, "platform", None):
+        return device.platform
     return jax.devices()[0].platform
 
 

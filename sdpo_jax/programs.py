@@ -1,0 +1,272 @@
+"""The jitted programs one RL run executes, built from its config alone: abstract arguments (shapes,
+dtypes, shardings), no weights, tokenizer or data.
+
+    programs = run_programs(cfg, model_cfg, mesh, processes=8)
+    compiled = programs[0].lower().compile()
+
+For each program the loop (`sdpo_jax.train`) calls: the loop's own jitted function, its arguments at
+the largest shapes the config allows (the largest prompt / teacher-prompt / completion buckets; the
+rows a mini-batch is padded to), how often one RL step calls it, and the arrays the loop keeps on
+device while it runs that are not its arguments (`resident`, for the peak memory). Programs:
+
+    prefill, decode            the rollout (sampling.generate), once per step
+    old_logprobs               once per mini-batch, unless a generation batch is one optimizer step
+    train_step                 once per mini-batch
+    teacher_update             once per step with the EMA teacher
+    eval_prefill, eval_decode  once per evaluation chunk, every eval.every steps
+
+`tests/test_aot.py` checks that these are exactly the calls a short run of the loop makes
+(`compiled_calls.capture`). Not listed: the warm start's and the `context/*` probes' programs (the
+demo's synthetic task only), the decode copy's dtype cast, the start-up initialisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from sdpo_jax import compiled_calls, hlo_flops, sampling, sharding
+from sdpo_jax import train_step as ts
+from sdpo_jax.sampling_ops import SamplingSpec
+
+MAX_STOP_IDS = 8  # the stop-id vector of the tool's programs (a tokenizer's eos ids + the model's, padded)
+
+
+@dataclasses.dataclass
+class Program:
+    """One jitted program of the run: `jitted(*static_args, *args, **kwargs)` (static_args: leading static
+    positional arguments, e.g. the ModelConfig); `noted` the static arguments the loop reports to
+    `compiled_calls`; `calls_per_step` how often one RL step calls it (on average, for the evaluation);
+    `resident` the tree of the loop's other arrays on device while it runs; `compiled` once compiled."""
+    name: str
+    jitted: Any
+    static_args: tuple
+    args: tuple
+    kwargs: dict
+    noted: dict
+    calls_per_step: float
+    resident: Any
+    compiled: Any = None
+    compile_s: float = 0.0
+    flops: Any = None  # hlo_flops.HloFlops of the compiled program (per device, loops expanded)
+
+    def signature(self) -> compiled_calls.CallSignature:
+        return compiled_calls.signature(self.name, self.args, self.noted)
+
+    def compile(self):
+        """The compiled program (lowered under the mesh of its arguments), compiled once; `self.flops` its
+        FLOPs per device with loops expanded."""
+        if self.compiled is None:
+            start = time.time()
+            with jax.set_mesh(self.mesh):
+                lowered = self.jitted.lower(*self.static_args, *self.args, **self.kwargs)
+                self.compiled, self.flops = hlo_flops.compile_counting_flops(lowered)
+            self.compile_s = time.time() - start
+        return self.compiled
+
+    def output_shapes(self):
+        """The outputs as ShapeDtypeStructs in their compiled shardings."""
+        compiled = self.compile()
+        shapes = jax.eval_shape(lambda *a: self.jitted(*self.static_args, *a, **self.kwargs), *self.args)
+        return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, compiled.output_shardings)
+
+    @property
+    def mesh(self):
+        for leaf in jax.tree.leaves(self.args):
+            mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
+            if mesh is not None:
+                return mesh
+        raise ValueError(f"program {self.name}: no argument carries a mesh")
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+
+def device_bytes(tree) -> int:
+    """Bytes one device holds of a tree of arrays / ShapeDtypeStructs (the largest shard of each leaf)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = tuple(leaf.shape)
+        sharding_ = getattr(leaf, "sharding", None)
+        if sharding_ is not None:
+            shape = sharding_.shard_shape(shape)
+        try:
+            itemsize = np.dtype(leaf.dtype).itemsize
+        except TypeError:  # a PRNG key: two uint32 words
+            itemsize = 8
+        total += math.prod(shape) * itemsize
+    return int(total)
+
+
+def _abstract(shape, dtype, sharding_) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding_)
+
+
+def abstract_train_state(model_cfg, settings, optimizer, mesh) -> ts.TrainState:
+    """The TrainState as ShapeDtypeStructs in the loop's shardings (`train_step.train_state_shardings`)."""
+    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.dtype(model_cfg.param_dtype)),
+                          ts.models.param_shapes(model_cfg), is_leaf=lambda x: isinstance(x, tuple))
+    shapes = jax.eval_shape(lambda p: ts.init_train_state(model_cfg, settings, p, optimizer), params)
+    shardings = ts.train_state_shardings(model_cfg, settings, optimizer, mesh)
+    return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, shardings)
+
+
+def buckets_used(cfg) -> dict[str, int]:
+    """The largest prompt, teacher-prompt and completion widths the config allows."""
+    teacher_buckets = tuple(cfg.reprompt.teacher_prompt_buckets)
+    limit = cfg.reprompt.max_len
+    teacher = (sampling.pick_bucket(limit, teacher_buckets) if limit and limit <= max(teacher_buckets)
+               else max(teacher_buckets))
+    return {"prompt": max(cfg.rollout.prompt_buckets), "teacher_prompt": teacher,
+            "completion": sampling.pick_bucket(cfg.rollout.max_new_tokens, tuple(cfg.rollout.completion_buckets))}
+
+
+def minibatch_layout(cfg, settings, mesh) -> dict[str, int]:
+    """Rows per mini-batch (real and padded to data-parallel size x micro-batches) and mini-batches per step."""
+    groups = cfg.optim.minibatch_prompts or cfg.data.prompts_per_step
+    real = groups * cfg.rollout.n
+    multiple = ts.data_parallel_size(mesh) * settings.micro_batches
+    return {"rows": real, "padded_rows": -(-real // multiple) * multiple,
+            "minibatches": cfg.data.prompts_per_step // groups}
+
+
+def abstract_minibatch(rows: int, widths: dict[str, int], mesh) -> ts.RolloutBatch:
+    lengths = dict(prompt_ids=widths["prompt"], prompt_mask=widths["prompt"], teacher_prompt_ids=widths["teacher_prompt"],
+                   teacher_prompt_mask=widths["teacher_prompt"])
+    fields = {}
+    for name in ts.RolloutBatch._fields:
+        ndim = ts._FIELD_NDIM[name]
+        shape = (rows,) if ndim == 1 else (rows, lengths.get(name, widths["completion"]))
+        fields[name] = _abstract(shape, ts._FIELD_DTYPES[name], sharding.batch_sharding(mesh, ndim))
+    return ts.RolloutBatch(**fields)
+
+
+# ---------------------------------------------------------------------------------------------- programs
+
+
+def _generate_programs(cfg, model_cfg, state, mesh, processes: int, *, prompts: int, n: int, spec: SamplingSpec,
+                       names: tuple[str, str], calls_per_step: float, with_decode: bool = True) -> list[Program]:
+    """prefill and decode of `sampling.generate` for `prompts` global prompts x n samples each (the decode's
+    arguments are the compiled prefill's outputs; with_decode=False: the prefill alone, not compiled)."""
+    decode_cfg = sampling.decode_model_config(model_cfg)
+    same_dtype = jnp.dtype(model_cfg.compute_dtype) == jnp.dtype(model_cfg.param_dtype)
+    # the loop decodes with the train parameters, or with a compute-dtype copy in their sharding
+    params = state.params if same_dtype else jax.tree.map(
+        lambda p: _abstract(p.shape, model_cfg.compute_dtype, p.sharding), state.params)
+    resident = state._replace(params=None) if same_dtype else state
+    batch = processes * sampling.prompts_per_process(prompts // processes, n, mesh, processes)
+    replicated = NamedSharding(mesh, P())
+    ids = _abstract((batch, buckets_used(cfg)["prompt"]), jnp.int32, sampling.prompt_sharding(mesh, batch))
+    stop_ids = _abstract((sampling.stop_id_slots(MAX_STOP_IDS),), jnp.int32, replicated)
+    pad = _abstract((), jnp.int32, replicated)
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
+    cache_dtype = jnp.dtype(cfg.rollout.cache_dtype or model_cfg.compute_dtype)
+    max_new = int(cfg.rollout.max_new_tokens)
+    prefill = Program(names[0], sampling._prefill, (decode_cfg,), (params, ids, ids, stop_ids, pad, key),
+                      dict(spec=spec, n=int(n), max_new_tokens=max_new, cache_dtype=cache_dtype, mesh=mesh),
+                      dict(cfg=decode_cfg, spec=spec, n=int(n), max_new_tokens=max_new, cache_dtype=str(cache_dtype)),
+                      calls_per_step, resident)
+    if not with_decode:
+        return [prefill]
+    decode = Program(names[1], sampling._decode, (decode_cfg,), (params, prefill.output_shapes(), stop_ids, pad, key),
+                     dict(spec=spec), dict(cfg=decode_cfg, spec=spec), calls_per_step, resident)
+    return [prefill, decode]
+
+
+def run_programs(cfg, model_cfg, mesh, *, processes: int = 1, eval_questions: int | None = None,
+                 only: set[str] | None = None) -> list[Program]:
+    """Every program an RL run with `cfg` executes (see the module docstring), in call order, at the largest
+    shapes the config allows, for `processes` hosts sharing `mesh`. Compiles a prefill when its decode is
+    wanted (its outputs are the decode's arguments). eval_questions: the evaluation set's size (default
+    data.eval_prompts); only: these program names (default all)."""
+    wanted = set(compiled_calls.PROGRAM_NAMES if only is None else only)
+    from sdpo_jax import train  # the loop's own settings and optimizer
+
+    settings, optimizer = train.step_settings(cfg), train.make_optimizer(cfg)
+    state = abstract_train_state(model_cfg, settings, optimizer, mesh)
+    vocab = model_cfg.vocab_size
+    rollout_spec = SamplingSpec(float(cfg.rollout.temperature), int(cfg.rollout.top_k),
+                                float(cfg.rollout.top_p)).validate(vocab)
+    programs = []
+    if wanted & {"prefill", "decode"}:
+        programs += _generate_programs(cfg, model_cfg, state, mesh, processes, prompts=cfg.data.prompts_per_step,
+                                       n=cfg.rollout.n, spec=rollout_spec, names=("prefill", "decode"),
+                                       calls_per_step=1.0, with_decode="decode" in wanted)
+
+    layout = minibatch_layout(cfg, settings, mesh)
+    minibatch = abstract_minibatch(layout["padded_rows"], buckets_used(cfg), mesh)
+    count = layout["minibatches"]
+    others = [minibatch] * (count - 1)  # split_minibatches places every mini-batch of the step at once
+    if not settings.old_logprobs_from_step:
+        statics = ts.old_logprobs_statics(model_cfg, settings, settings.micro_batches)
+        programs.append(Program("old_logprobs", ts._old_logprobs_fn(**statics), (), (state.params, minibatch), {},
+                                statics, float(count), (state._replace(params=None), others)))
+    step = ts.make_train_step(model_cfg, settings, optimizer, mesh)
+    programs.append(Program("train_step", step.jitted, (), (state, minibatch), {}, {}, float(count), others))
+    if settings.teacher_kind == "ema":
+        programs.append(Program("teacher_update", ts._ema_fn(settings.ema_rate), (), (state.teacher_params, state.params),
+                                {}, dict(rate=settings.ema_rate), 1.0,
+                                (state._replace(params=None, teacher_params=None), others + [minibatch])))
+
+    questions = cfg.data.eval_prompts if eval_questions is None else eval_questions
+    if cfg.eval.every and questions and wanted & {"eval_prefill", "eval_decode"}:
+        per_call = max(cfg.data.prompts_per_step, 1)
+        chunk = -(-per_call // processes) * processes  # train.evaluate pads a chunk to the process count
+        eval_spec = SamplingSpec(float(cfg.eval.temperature), 0, float(cfg.eval.top_p)).validate(vocab)
+        programs += _generate_programs(cfg, model_cfg, state, mesh, processes, prompts=chunk, n=cfg.eval.n,
+                                       spec=eval_spec, names=("eval_prefill", "eval_decode"),
+                                       calls_per_step=math.ceil(questions / per_call) / cfg.eval.every,
+                                       with_decode="eval_decode" in wanted)
+    return [p for p in programs if p.name in wanted]
+
+
+# ---------------------------------------------------------------------------------------------- model FLOPs
+
+
+def _forward_flops(model_cfg, rows: int, length: int, projected: int) -> float:
+    """One forward over `rows` sequences of `length` tokens, `projected` positions per row to the vocabulary:
+    2 N_nonembed per token, 2 V d per projected position, causal attention 2 L T^2 (heads x head_dim)."""
+    d, vocab = model_cfg.hidden_size, model_cfg.vocab_size
+    non_embedding = model_cfg.num_params - vocab * d * (1 if model_cfg.tie_word_embeddings else 2)
+    attention = 2 * model_cfg.num_layers * length**2 * model_cfg.num_heads * model_cfg.head_dim
+    return rows * (2 * non_embedding * length + 2 * vocab * d * projected + attention)
+
+
+def model_flops(program: Program, cfg, model_cfg) -> float:
+    """The model's own FLOPs of one call (global, all devices), counted at the program's shapes:
+    train_step: the student's forward on [prompt | completion] x (1 + 2 backward + 1 remat) and the
+    teacher's forward on [teacher prompt | completion] (SDPO objectives); old_logprobs: the student's
+    forward; prefill: each distinct prompt once, its last position projected; decode: every row, every
+    step up to max_new_tokens - 1, 2 N_nonembed + 2 V d + attention 4 L S (heads x head_dim) over the
+    S cache slots; teacher_update: 0 (element-wise)."""
+    name = program.name.removeprefix("eval_")
+    if name in ("train_step", "old_logprobs"):
+        batch = program.args[1]
+        rows, prompt, completion = batch.completion_ids.shape[0], batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
+        student = _forward_flops(model_cfg, rows, prompt + completion, completion)
+        if name == "old_logprobs":
+            return student
+        total = student * (3 + (1 if model_cfg.remat else 0))
+        if cfg.loss.objective != "grpo":
+            total += _forward_flops(model_cfg, rows, batch.teacher_prompt_ids.shape[1] + completion, completion)
+        return total
+    if name == "prefill":
+        ids = program.args[1]
+        return _forward_flops(model_cfg, ids.shape[0], ids.shape[1], 1)
+    if name == "decode":
+        tokens = program.args[1]["tokens"]
+        rows, width = tokens.shape
+        slots = program.args[1]["slot_mask"].shape[1]
+        d, vocab = model_cfg.hidden_size, model_cfg.vocab_size
+        non_embedding = model_cfg.num_params - vocab * d * (1 if model_cfg.tie_word_embeddings else 2)
+        per_token = (2 * non_embedding + 2 * vocab * d
+                     + 4 * model_cfg.num_layers * slots * model_cfg.num_heads * model_cfg.head_dim)
+        return float(rows * (width - 1) * per_token)
+    return 0.0
