@@ -111,6 +111,10 @@ def base_config() -> ConfigDict:
     c.rollout.prompt_buckets = (64, 128, 256, 512, 1024, 2048)
     c.rollout.completion_buckets = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
     c.rollout.cache_dtype = "float32"
+    # The weights the decode loop reads: "sharded" (the train parameters' layout, or a compute-dtype copy in
+    # it: every decode step all-gathers the fsdp-sharded weights) or "gathered" (a compute-dtype copy with
+    # fsdp dropped, kept on tensor: no per-step gather, parameter bytes / tensor per device).
+    c.rollout.decode_weights = "sharded"
 
     c.reprompt = ConfigDict()
     c.reprompt.success_threshold = 0.5
@@ -214,6 +218,7 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
     "model.param_dtype": ("float32", "bfloat16"),
     "model.attention_impl": ("plain", "blockwise", "cudnn", "splash"),
     "rollout.cache_dtype": ("float32", "bfloat16"),
+    "rollout.decode_weights": ("sharded", "gathered"),
 }
 
 

@@ -6,7 +6,9 @@ dumping the module right after SPMD partitioning (per-device shapes; matmuls sti
 passes rewrite batched dots into windowed convolutions whose padded taps a simple count would include)
 and `count_flops` sums 2 x (output elements) x (contracted elements) over every `dot` (and
 `convolution`) of that text, each weighted by how often its computation runs: a fusion, call or
-reduction computation once per call site, a `while` body (and condition) times its trip count.
+reduction computation once per call site, a `while` body (and condition) times its trip count. The
+same weights give `collective_bytes`: the output bytes of every all-gather, all-reduce, reduce-scatter,
+all-to-all and collective-permute (what crosses the interconnect, roughly).
 
 Trip counts: the condition's `compare(counter, constant(N)), direction=LT` (what `lax.scan`, `fori_loop`
 and a `while_loop` with a bound lower to). A condition that combines the bound with a data-dependent
@@ -35,12 +37,23 @@ _ARRAY = re.compile(r"^[a-z]\w*\[([\d,]*)\]")
 _CALLS = re.compile(r"(?:calls|to_apply|body|condition)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+               "f64": 8, "s64": 8, "u64": 8}
+
+
+def _array_bytes(shape_text: str) -> int:
+    """Bytes of an array shape or of every array in a tuple shape."""
+    return sum(_ITEM_BYTES.get(kind, 4) * math.prod(int(d) for d in dims.split(",") if d)
+               for kind, dims in re.findall(r"([a-z]\w*)\[([\d,]*)\]", shape_text))
 
 
 @dataclasses.dataclass
 class HloFlops:
-    """flops: matmul FLOPs per device with loops expanded; the rest say what the count could not see."""
+    """flops: matmul FLOPs per device with loops expanded; collective_bytes: what its collectives produce per
+    device (a proxy for interconnect traffic); the rest say what the count could not see."""
     flops: float
+    collective_bytes: float  # bytes the device's collectives produce (all-gather, all-reduce, ...), loops expanded
     bounded_loops: list[str]  # while loops that may stop before their bound (counted at the bound)
     unknown_loops: list[str]  # while loops without a constant bound (counted once)
     custom_calls: list[str]  # custom-call targets (their FLOPs are not counted)
@@ -110,7 +123,7 @@ def _trip_count(condition_lines: list[str]) -> tuple[int | None, bool]:
 
 
 def count_flops(hlo_text: str) -> HloFlops:
-    """Matmul FLOPs per device of an optimized HLO module (`compiled.as_text()`), loops expanded."""
+    """Matmul FLOPs and collective bytes per device of an HLO module's text, loops expanded."""
     bodies: dict[str, list[str]] = {}
     entry, current = None, None
     for line in hlo_text.splitlines():
@@ -138,14 +151,17 @@ def count_flops(hlo_text: str) -> HloFlops:
             dims = _dims(shape_text)
             if dims is not None:
                 shapes[inst] = dims
-            parsed[name].append((inst, op, dims, args))
+            parsed[name].append((inst, op, dims, args, shape_text))
 
     flops_of, calls_of = defaultdict(float), defaultdict(list)  # computation -> own FLOPs / (callee, times)
+    moved_of = defaultdict(float)  # computation -> bytes its collectives produce
     bounded, unknown, custom = [], [], []
     for name, instructions in parsed.items():
-        for inst, op, dims, args in instructions:
+        for inst, op, dims, args, shape_text in instructions:
             if op in ("dot", "convolution") and dims is not None:
                 flops_of[name] += _matmul_flops(op, dims, args, shapes)
+            if op.removesuffix("-start") in _COLLECTIVES:
+                moved_of[name] += _array_bytes(shape_text)
             if op == "custom-call":
                 target = _TARGET.search(args)
                 custom.append(target.group(1) if target else inst)
@@ -164,29 +180,44 @@ def count_flops(hlo_text: str) -> HloFlops:
                 calls_of[name].append((tuple(b.strip().lstrip("%") for b in branches.group(1).split(",")), 1))
             calls_of[name] += [(callee, 1) for callee in _CALLS.findall(args)]
 
-    memo: dict[str, float] = {}
+    def expanded(own: dict) -> float:
+        memo: dict[str, float] = {}
 
-    def total(name: str, depth: int = 0) -> float:
-        if name not in memo:
-            if depth > 200:
-                raise ValueError(f"count_flops: call depth over 200 at {name}")
-            memo[name] = flops_of[name]
-            for callee, times in calls_of[name]:
-                options = callee if isinstance(callee, tuple) else (callee,)
-                memo[name] += times * max((total(c, depth + 1) for c in options if c in bodies), default=0.0)
-        return memo[name]
+        def total(name: str, depth: int = 0) -> float:
+            if name not in memo:
+                if depth > 200:
+                    raise ValueError(f"count_flops: call depth over 200 at {name}")
+                memo[name] = own[name]
+                for callee, times in calls_of[name]:
+                    options = callee if isinstance(callee, tuple) else (callee,)
+                    memo[name] += times * max((total(c, depth + 1) for c in options if c in bodies), default=0.0)
+            return memo[name]
 
-    return HloFlops(total(entry), bounded, unknown, sorted(set(custom)))
+        return total(entry)
+
+    return HloFlops(expanded(flops_of), expanded(moved_of), bounded, unknown, sorted(set(custom)))
 
 
 def compile_counting_flops(lowered):
     """(compiled, HloFlops): `lowered.compile()` with the module dumped after SPMD partitioning (a
     temporary directory, removed), counted by `count_flops`."""
-    with tempfile.TemporaryDirectory(prefix="sdpo_jax_hlo_") as directory:
-        compiled = lowered.compile(compiler_options={
-            "xla_dump_to": directory, "xla_dump_hlo_as_text": True, "xla_dump_hlo_pass_re": "spmd-partitioning"})
-        dumps = sorted(glob.glob(os.path.join(directory, "*after_*spmd-partitioning*.txt")))
-        if not dumps:  # a backend without an SPMD pass (one device): the optimized module
-            return compiled, count_flops(compiled.as_text())
-        with open(dumps[-1]) as f:
-            return compiled, count_flops(f.read())
+    import jax
+
+    cache_was_on = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # a cached executable is not compiled: no dump
+    try:
+        with tempfile.TemporaryDirectory(prefix="sdpo_jax_hlo_") as directory:
+            compiled = lowered.compile(compiler_options={
+                "xla_dump_to": directory, "xla_dump_hlo_as_text": True, "xla_dump_hlo_pass_re": "spmd-partitioning"})
+            return compiled, _count_dump(directory, compiled)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache_was_on)
+
+
+def _count_dump(directory: str, compiled) -> HloFlops:
+    dumps = sorted(glob.glob(os.path.join(directory, "*after_spmd-partitioning*.txt"))
+                   + glob.glob(os.path.join(directory, "*after_tpu-spmd-partitioning*.txt")))
+    if not dumps:  # a backend without an SPMD pass (one device): the optimized module
+        return count_flops(compiled.as_text())
+    with open(dumps[-1]) as f:
+        return count_flops(f.read())

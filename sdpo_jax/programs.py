@@ -118,6 +118,18 @@ def abstract_train_state(model_cfg, settings, optimizer, mesh) -> ts.TrainState:
     return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, shardings)
 
 
+def abstract_decode_params(cfg, model_cfg, state, mesh):
+    """The weights `train.sample` decodes with: a compute-dtype copy without fsdp (rollout.decode_weights
+    "gathered"), a compute-dtype copy in the parameters' sharding (bf16 compute of fp32 weights), or the
+    train parameters themselves."""
+    if cfg.rollout.decode_weights == "gathered":
+        return jax.tree.map(lambda p, sh: _abstract(p.shape, model_cfg.compute_dtype, sh), state.params,
+                            sampling.decode_param_shardings(model_cfg, mesh))
+    if jnp.dtype(model_cfg.compute_dtype) == jnp.dtype(model_cfg.param_dtype):
+        return state.params
+    return jax.tree.map(lambda p: _abstract(p.shape, model_cfg.compute_dtype, p.sharding), state.params)
+
+
 def buckets_used(cfg) -> dict[str, int]:
     """The largest prompt, teacher-prompt and completion widths the config allows."""
     teacher_buckets = tuple(cfg.reprompt.teacher_prompt_buckets)
@@ -156,11 +168,8 @@ def _generate_programs(cfg, model_cfg, state, mesh, processes: int, *, prompts: 
     """prefill and decode of `sampling.generate` for `prompts` global prompts x n samples each (the decode's
     arguments are the compiled prefill's outputs; with_decode=False: the prefill alone, not compiled)."""
     decode_cfg = sampling.decode_model_config(model_cfg)
-    same_dtype = jnp.dtype(model_cfg.compute_dtype) == jnp.dtype(model_cfg.param_dtype)
-    # the loop decodes with the train parameters, or with a compute-dtype copy in their sharding
-    params = state.params if same_dtype else jax.tree.map(
-        lambda p: _abstract(p.shape, model_cfg.compute_dtype, p.sharding), state.params)
-    resident = state._replace(params=None) if same_dtype else state
+    params = abstract_decode_params(cfg, model_cfg, state, mesh)
+    resident = state._replace(params=None) if params is state.params else state
     batch = processes * sampling.prompts_per_process(prompts // processes, n, mesh, processes)
     replicated = NamedSharding(mesh, P())
     ids = _abstract((batch, buckets_used(cfg)["prompt"]), jnp.int32, sampling.prompt_sharding(mesh, batch))

@@ -154,6 +154,12 @@ def decode_params(cfg, params, mesh, dtype=jnp.bfloat16):
 
     if mesh is None:
         return jax.jit(lambda p: jax.tree.map(cast, p))(params)
+    return jax.jit(lambda p: jax.tree.map(cast, p), out_shardings=decode_param_shardings(cfg, mesh))(params)
+
+
+def decode_param_shardings(cfg, mesh):
+    """The parameter shardings with the `fsdp` axis dropped (kept on `tensor`): the layout of
+    `decode_params(cfg, params, mesh)`."""
     from sdpo_jax.sharding import param_shardings
 
     def without_fsdp(sharding):
@@ -166,8 +172,7 @@ def decode_params(cfg, params, mesh, dtype=jnp.bfloat16):
             return entry
         return NamedSharding(sharding.mesh, PartitionSpec(*[drop(e) for e in sharding.spec]))
 
-    out_shardings = jax.tree.map(without_fsdp, param_shardings(cfg, mesh))
-    return jax.jit(lambda p: jax.tree.map(cast, p), out_shardings=out_shardings)(params)
+    return jax.tree.map(without_fsdp, param_shardings(cfg, mesh))
 
 
 def tree_nbytes(tree) -> dict:

@@ -164,7 +164,9 @@ def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: 
     cfg, model_cfg = run.cfg, run.model_cfg
     messages, prompt_ids = prompt_ids_for(run, problems)
     start = time.time()
-    if jnp.dtype(model_cfg.compute_dtype) != jnp.dtype(model_cfg.param_dtype):
+    if cfg.rollout.decode_weights == "gathered":  # a copy without fsdp: no all-gather of weights per decode step
+        params = sampling.decode_params(model_cfg, params, run.mesh, dtype=model_cfg.compute_dtype)
+    elif jnp.dtype(model_cfg.compute_dtype) != jnp.dtype(model_cfg.param_dtype):
         # fp32 master weights, bf16 compute: decode reads a compute-dtype copy (half the bytes per step),
         # made once per generation batch; same values, since the forward casts the weights anyway
         params = sampling.decode_params(model_cfg, params, None, dtype=model_cfg.compute_dtype)

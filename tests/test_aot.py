@@ -40,6 +40,7 @@ def _tiny_demo(run_dir: str, variant: str):
     cfg.train.steps = 2
     if variant == "ema_minibatches_bf16":
         cfg.teacher.kind, cfg.optim.minibatch_prompts, cfg.model.compute_dtype = "ema", 2, "bfloat16"
+        cfg.rollout.decode_weights = "gathered"
     return cfg
 
 
@@ -48,7 +49,7 @@ def test_tool_programs_are_the_calls_the_loop_makes(tmp_path, variant):
     """Invariant: the programs `run_programs` builds from the config alone (what the tool compiles) are exactly
     the distinct calls a 2-step run of the loop makes, captured from the loop itself: the same names, static
     arguments, argument shapes, dtypes and shardings - for the demo (frozen teacher, one mini-batch, so no
-    separate old log-probs) and for an EMA teacher with 2 mini-batches and bf16 compute."""
+    separate old log-probs) and for an EMA teacher with 2 mini-batches, bf16 compute and gathered decode weights."""
     cfg = _tiny_demo(str(tmp_path / "run"), variant)
     with compiled_calls.capture() as calls:
         assert train.run(cfg) == 0
@@ -106,6 +107,7 @@ def test_tool_reports_every_program_as_json(tmp_path):
     assert list(report["programs"]) == ["prefill", "decode"]
     for r in report["programs"].values():
         for key in ("argument_bytes", "output_bytes", "alias_bytes", "temp_bytes", "peak_bytes", "hbm_bytes", "flops",
+                    "collective_bytes",
                     "bytes_accessed_loop_bodies_once", "compile_s"):
             assert key in r
         assert r["peak_bytes"] == r["resident_bytes"] + r["argument_bytes"] + r["temp_bytes"] + max(

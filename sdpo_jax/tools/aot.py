@@ -137,13 +137,12 @@ def resident_state_bytes(cfg, model_cfg, mesh) -> dict[str, int]:
     (compute dtype, when it differs) and the largest KV cache (rollout or evaluation)."""
     import jax.numpy as jnp
 
-    from sdpo_jax import programs, sampling, train
+    from sdpo_jax import programs, train
 
     settings = train.step_settings(cfg)
     state = programs.abstract_train_state(model_cfg, settings, train.make_optimizer(cfg), mesh)
-    params = programs.device_bytes(state.params)
-    copy = 0 if jnp.dtype(model_cfg.compute_dtype) == jnp.dtype(model_cfg.param_dtype) else (
-        params * jnp.dtype(model_cfg.compute_dtype).itemsize // jnp.dtype(model_cfg.param_dtype).itemsize)
+    decode_params = programs.abstract_decode_params(cfg, model_cfg, state, mesh)
+    copy = 0 if decode_params is state.params else programs.device_bytes(decode_params)
     row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     head_shards = mesh.shape["tensor"] if model_cfg.num_kv_heads % mesh.shape["tensor"] == 0 else 1
     slots = programs.buckets_used(cfg)["prompt"] + cfg.rollout.max_new_tokens
@@ -174,7 +173,7 @@ def program_report(program, cfg, model_cfg, chip: Chip, num_devices: int) -> dic
     return {
         "argument_bytes": arguments, "output_bytes": outputs, "alias_bytes": alias, "temp_bytes": temp,
         "resident_bytes": resident, "peak_bytes": resident + arguments + temp + max(outputs - alias, 0),
-        "hbm_bytes": chip.hbm_bytes, "flops": counted.flops, "xla_flops_loop_bodies_once": float(cost.get("flops", 0.0)),
+        "hbm_bytes": chip.hbm_bytes, "flops": counted.flops, "collective_bytes": counted.collective_bytes, "xla_flops_loop_bodies_once": float(cost.get("flops", 0.0)),
         "bytes_accessed_loop_bodies_once": float(cost.get("bytes accessed", 0.0)), "model_flops": model,
         "compiled_over_model_flops": counted.flops / model if model else None, "compile_s": round(program.compile_s, 1),
         "calls_per_step": program.calls_per_step, "loops_counted_at_bound": counted.bounded_loops,
@@ -213,19 +212,21 @@ def run_report(cfg, reports: dict, chip: Chip, layout: dict, mesh, resident: dic
                                  f"({chip.source}); every completion runs to max_new_tokens ({steps} decode steps "
                                  "after the prefill), every mini-batch at the largest buckets; one call = max(FLOPs / "
                                  "peak, bytes / bandwidth), decode per step (weights + KV cache read once a step); "
-                                 "no overlap between programs; scoring, host work and collectives not modelled"),
+                                 "no overlap between programs; scoring, host work and collectives not modelled (their bytes per device "
+                                 "are the programs' collective_bytes)"),
     }
 
 
 def print_report(out: dict) -> None:
     print(f"\n{out['topology']}: {out['devices']} devices on {out['hosts']} hosts, mesh {out['mesh']}")
     print(f"{'program':15} {'calls':>6} {'args':>8} {'temp':>8} {'out-alias':>9} {'resident':>8} {'peak':>8} "
-          f"{'GFLOP/dev':>11} {'/model':>7} {'compile s':>9}")
+          f"{'GFLOP/dev':>11} {'/model':>7} {'coll GiB':>9} {'compile s':>9}")
     for name, r in out["programs"].items():
         ratio = "" if r["compiled_over_model_flops"] is None else f"{r['compiled_over_model_flops']:.2f}"
         print(f"{name:15} {r['calls_per_step']:6.2f} {_gib(r['argument_bytes']):>8} {_gib(r['temp_bytes']):>8} "
               f"{_gib(max(r['output_bytes'] - r['alias_bytes'], 0)):>9} {_gib(r['resident_bytes']):>8} "
-              f"{_gib(r['peak_bytes']):>8} {r['flops'] / 1e9:11.1f} {ratio:>7} {r['compile_s']:9.1f}")
+              f"{_gib(r['peak_bytes']):>8} {r['flops'] / 1e9:11.1f} {ratio:>7} {_gib(r['collective_bytes']):>9} "
+              f"{r['compile_s']:9.1f}")
     run = out["run"]
     print(f"GiB per device; HBM {_gib(run['hbm_bytes'])}; peak {_gib(run['peak_bytes'])} in {run['peak_program']}, "
           f"headroom {_gib(run['headroom_bytes'])}")
