@@ -202,9 +202,11 @@ def compile_counting_flops(lowered):
     """(compiled, HloFlops): `lowered.compile()` with the module dumped after SPMD partitioning (a
     temporary directory, removed), counted by `count_flops`."""
     import jax
+    from jax.experimental.compilation_cache import compilation_cache
 
     cache_was_on = jax.config.jax_enable_compilation_cache
     jax.config.update("jax_enable_compilation_cache", False)  # a cached executable is not compiled: no dump
+    compilation_cache.reset_cache()  # JAX decides once per process whether the cache is used
     try:
         with tempfile.TemporaryDirectory(prefix="sdpo_jax_hlo_") as directory:
             compiled = lowered.compile(compiler_options={
@@ -212,6 +214,7 @@ def compile_counting_flops(lowered):
             return compiled, _count_dump(directory, compiled)
     finally:
         jax.config.update("jax_enable_compilation_cache", cache_was_on)
+        compilation_cache.reset_cache()
 
 
 def _count_dump(directory: str, compiled) -> HloFlops:
