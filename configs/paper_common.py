@@ -52,6 +52,10 @@ def qwen3_8b_paper_model(run_dir):
     c.rollout.top_k = 0
     c.rollout.max_new_tokens = 8192
     c.rollout.cache_dtype = "bfloat16"
+    # decode from a bf16 copy without fsdp: sharded weights are all-gathered at every decode step (science on
+    # v5p-64: 15 TiB of collectives per device per generation batch with "sharded", none with this;
+    # bench/RESULTS.md); costs 16 GB / mesh.tensor per chip, so check a small slice with sdpo_jax.tools.aot
+    c.rollout.decode_weights = "gathered"
     c.reprompt.max_len = 10240
 
     c.loss.objective = "sdpo"

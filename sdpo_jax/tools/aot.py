@@ -5,7 +5,8 @@
 
 Use it before booking a slice: it needs `libtpu` (requirements-tpu-aot.txt), no TPU, no weights, tokenizer
 or data. The topology is a gcloud accelerator type as `launch/tpu.sh --accelerator` takes it (v4-8,
-v5p-64, v5litepod-16, v6e-64, ...) or a libtpu topology string (v5p:2x4x4). The tool models the slice's
+v5p-64, v5litepod-16, v6e-64, ...), a libtpu topology string (v5p:2x4x4), or 1/2/4/8xH100: one GPU host,
+compiled for without a GPU by jax-cuda12-plugin (requirements-gpu-aot.txt; Triton GEMMs off, see main). The tool models the slice's
 hosts and devices, validates the config as `main` would there, resolves the run's mesh as the loop does
 (`config.resolve_mesh_sizes`), builds every program's arguments from shapes alone (`programs.run_programs`:
 the loop's own jitted functions, at the largest buckets) and compiles them with libtpu's compiler.
@@ -30,6 +31,7 @@ os.environ.setdefault("TPU_STDERR_LOG_LEVEL", "3")  # libtpu's warnings about th
 os.environ.setdefault("TPU_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # a single-host view; compiling needs no workers
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no TPU to guard: several compiling processes may load it
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # GPU targets (NxH100) are compiled for without a GPU
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
@@ -53,15 +55,35 @@ class Chip:
     hbm_bytes: float
     peak_flops: float
     hbm_bandwidth: float
+    interconnect_bandwidth: float  # bidirectional ICI (TPU) / NVLink (GPU) bytes/s per chip
     source: str
 
 
 CHIPS = {  # HBM: libtpu 0.0.42.1's "available HBM" (pages: 32 / 16 / 95 / 32 GB); peak and bandwidth: the pages
-    "v4": Chip(30.75 * GIB, 275e12, 1.2e12, "https://cloud.google.com/tpu/docs/v4"),
-    "v5e": Chip(15.75 * GIB, 197e12, 0.819e12, "https://cloud.google.com/tpu/docs/v5e"),
-    "v5p": Chip(95.74 * GIB, 459e12, 2.765e12, "https://cloud.google.com/tpu/docs/v5p"),
-    "v6e": Chip(31.25 * GIB, 918e12, 1.638e12, "https://cloud.google.com/tpu/docs/v6e"),
+    "v4": Chip(30.75 * GIB, 275e12, 1.2e12, 300e9, "https://cloud.google.com/tpu/docs/v4"),
+    "v5e": Chip(15.75 * GIB, 197e12, 0.819e12, 400e9, "https://cloud.google.com/tpu/docs/v5e"),
+    "v5p": Chip(95.74 * GIB, 459e12, 2.765e12, 600e9, "https://cloud.google.com/tpu/docs/v5p"),
+    "v6e": Chip(31.25 * GIB, 918e12, 1.638e12, 800e9, "https://cloud.google.com/tpu/docs/v6e"),
+    # the H100 SXM's 80 GB (as its target description below states it), dense bf16 peak, HBM3 bandwidth
+    "h100": Chip(84929347584, 989e12, 3.35e12, 900e9, "https://www.nvidia.com/en-us/data-center/h100/"),
 }
+
+# What XLA's GPU compiler needs to know of an H100 SXM 80GB when no GPU is present (a stream_executor
+# GpuTargetConfig; the figures are the device's published properties: 132 SMs, 48 KiB / 227 KiB shared
+# memory per block, 50 MiB L2, compute capability 9.0), CUDA 12.8 / cuDNN 9.7 as jax-cuda12-plugin 0.10.2.
+_H100_TARGET = """gpu_device_info {
+  threads_per_block_limit: 1024 threads_per_warp: 32 shared_memory_per_block: 49152
+  shared_memory_per_core: 233472 threads_per_core_limit: 2048 core_count: 132 fpus_per_core: 128
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  memory_bandwidth: 3352320000000 l2_cache_size: 52428800 clock_rate_ghz: 1.98
+  device_memory_size: 84929347584 shared_memory_per_block_optin: 232448
+  cuda_compute_capability { major: 9 } registers_per_core_limit: 65536 registers_per_block_limit: 65536
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 minor: 7 }
+runtime_version { major: 12 minor: 8 patch: 0 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
 _GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8",
             512: "8x8x8", 1024: "8x8x16", 2048: "8x16x16", 4096: "16x16x16"}  # v4 / v5p chips
 _GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}  # v5e / v6e
@@ -100,10 +122,30 @@ def topology_spec(name: str) -> tuple[str, str, dict]:
     return kind, f"{kind}:{grids[chips]}", kwargs
 
 
-def tpu_devices(name: str):
-    """(chip kind, the slice's devices, host count) from libtpu's topology description."""
+def gpu_devices(name: str):
+    """("h100", devices, 1) for "NxH100" (N GPUs on one host, N in 1, 2, 4, 8), compiled for without a GPU
+    by jax-cuda12-plugin (requirements-gpu-aot.txt)."""
     from jax.experimental import topologies
 
+    match = re.fullmatch(r"([1248])xh100", name.lower())
+    if not match:
+        raise TopologyError(f"--topology={name}: GPU targets are 1xH100, 2xH100, 4xH100 or 8xH100")
+    try:
+        topology = topologies.get_topology_desc(platform="cuda", target_config=_H100_TARGET,
+                                                topology=f"1x1x{match.group(1)}")
+    except Exception as err:
+        raise TopologyError(f"--topology={name}: XLA's GPU compiler is not available ({type(err).__name__}: {err}); "
+                            "pip install -r requirements-gpu-aot.txt") from err
+    return "h100", list(topology.devices), 1
+
+
+def tpu_devices(name: str):
+    """(chip kind, the slice's devices, host count) from libtpu's topology description (GPU targets:
+    `gpu_devices`)."""
+    from jax.experimental import topologies
+
+    if "xh100" in name.lower():
+        return gpu_devices(name)
     kind, topology, kwargs = topology_spec(name)
     devices = topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices
     return kind, list(devices), len({d.process_index for d in devices})
@@ -182,13 +224,14 @@ def program_report(program, cfg, model_cfg, chip: Chip, num_devices: int) -> dic
 
 
 def roofline_s(name: str, report: dict, chip: Chip, decode_steps: int) -> float:
-    """Seconds for one call at the chip's peak: max(FLOPs / peak, bytes / bandwidth); the decode per step
-    (every step reads its arguments: weights and KV cache), memory-bound in practice."""
-    if name.endswith("decode"):
-        per_step_flops = report["flops"] / max(decode_steps, 1)
-        return decode_steps * max(per_step_flops / chip.peak_flops, report["argument_bytes"] / chip.hbm_bandwidth)
-    moved = report["argument_bytes"] + report["output_bytes"]
-    return max(report["flops"] / chip.peak_flops, moved / chip.hbm_bandwidth)
+    """Seconds for one call at the chip's peaks: the largest of FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth
+    and collective bytes / interconnect bandwidth; the decode per step (every step reads its arguments:
+    weights and KV cache), memory-bound in practice."""
+    steps = max(decode_steps, 1) if name.endswith("decode") else 1
+    hbm = report["argument_bytes"] + (0 if steps > 1 else report["output_bytes"])
+    per_step = max(report["flops"] / steps / chip.peak_flops, hbm / chip.hbm_bandwidth,
+                   report["collective_bytes"] / steps / chip.interconnect_bandwidth)
+    return steps * per_step
 
 
 def _gib(x: float) -> str:
@@ -209,11 +252,10 @@ def run_report(cfg, reports: dict, chip: Chip, layout: dict, mesh, resident: dic
         "roofline_step_s": sum(t for k, t in times.items() if not k.startswith("eval_")),
         "roofline_eval_s_per_step": sum(t for k, t in times.items() if k.startswith("eval_")),
         "roofline_assumptions": (f"per chip: {chip.peak_flops:.3g} FLOP/s bf16 peak, {chip.hbm_bandwidth:.3g} B/s HBM "
-                                 f"({chip.source}); every completion runs to max_new_tokens ({steps} decode steps "
+                                 f"{chip.interconnect_bandwidth:.3g} B/s interconnect ({chip.source}); every completion runs to max_new_tokens ({steps} decode steps "
                                  "after the prefill), every mini-batch at the largest buckets; one call = max(FLOPs / "
-                                 "peak, bytes / bandwidth), decode per step (weights + KV cache read once a step); "
-                                 "no overlap between programs; scoring, host work and collectives not modelled (their bytes per device "
-                                 "are the programs' collective_bytes)"),
+                                 "peak, HBM bytes / bandwidth, collective bytes / interconnect), decode per step (weights + KV cache "
+                                 "read once a step); no overlap between programs; scoring and host work not modelled"),
     }
 
 
@@ -241,8 +283,8 @@ def print_report(out: dict) -> None:
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
-_TOPOLOGY = flags.DEFINE_string("topology", None, "gcloud accelerator type (v5p-64, v6e-64, v5litepod-16, v4-8) "
-                                "or a libtpu topology (v5p:2x4x4).")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "gcloud accelerator type (v5p-64, v6e-64, v5litepod-16, v4-8), "
+                                "a libtpu topology (v5p:2x4x4), or 8xH100 (needs requirements-gpu-aot.txt).")
 _PROGRAMS = flags.DEFINE_list("programs", None, "Compile only these programs (default: all the run executes).")
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON here.")
 _EVAL_QUESTIONS = flags.DEFINE_integer("eval_questions", None, "Evaluation set size (default data.eval_prompts).")
@@ -250,6 +292,13 @@ _EVAL_QUESTIONS = flags.DEFINE_integer("eval_questions", None, "Evaluation set s
 
 def main(argv) -> int:
     del argv
+    if _TOPOLOGY.value and "xh100" in _TOPOLOGY.value.lower():  # before jax starts: XLA reads its flags once
+        # jax-cuda12-plugin 0.10.2 fails deviceless on Triton GEMM tiling ("Couldn't find output tile sizes");
+        # GEMMs then go to cuBLAS (as the deviceless example in jax-ml/jax#28376 does)
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_enable_triton_gemm=false").strip()
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)
     import jax
 
     from sdpo_jax import compiled_calls, programs, sharding, train
