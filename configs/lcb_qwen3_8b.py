@@ -27,9 +27,8 @@ or ~67 GB a GPU on one 8xH200 host (the paper used one node of 4xGH200 with vLLM
 A mini-batch is 8 rows; with the default mesh (fsdp over all devices) it is padded with zero-weight
 rows to the data-parallel size, so on 64 devices prefer `--config.mesh.fsdp=8 --config.mesh.tensor=8`
 (8 rows = one per data-parallel shard; untested at this scale).
-Caveat: a global mini-batch takes the same number of whole questions from every host, so on N hosts
-`optim.minibatch_prompts` must be a multiple of N (validate refuses otherwise, at start-up); the paper's
-1-question mini-batch runs as written on a single host only.
+On a multi-host slice every host holds the whole generation batch, so the 1-question mini-batch runs
+as written on any number of hosts (tests/test_multiprocess.py).
 """
 
 from configs.paper_common import qwen3_8b_paper_base

@@ -12,9 +12,6 @@ baseline_grpo.yaml + user.yaml). The reported setting is the official
 optimizer steps per generation batch of 32), no warmup, 4 validation samples. Paper: 41.2 +- 0.8 on
 LCBv6 at step 80 (SDPO 48.8). The GRPO teacher is `live`: no second parameter copy. Validation also
 runs before training (verl's default for this yaml).
-Caveat (as for the SDPO config): a global mini-batch takes the same number of whole questions from
-every host, so on N hosts `optim.minibatch_prompts` (8) must be a multiple of N (validate refuses
-otherwise, at start-up).
 """
 
 from configs import lcb_qwen3_8b

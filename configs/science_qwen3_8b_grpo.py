@@ -18,8 +18,6 @@ variant ("on-policy GRPO"): `--config.optim.lr=1e-5 --config.optim.minibatch_pro
 Warmup: verl steps its scheduler once per generation batch, ours once per optimizer update, so the
 official 10 warmup steps are 40 updates here (4 per batch). The GRPO teacher is `live`: no second
 parameter copy. Validation also runs before training (verl's default for this yaml).
-Caveat: a global mini-batch takes the same number of whole questions from every host, so on N hosts
-`optim.minibatch_prompts` (8) must be a multiple of N (validate refuses otherwise, at start-up).
 """
 
 from configs import science_qwen3_8b

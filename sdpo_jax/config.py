@@ -288,8 +288,10 @@ def resolve_mesh_sizes(cfg: ConfigDict, num_devices: int) -> dict[str, int]:
     return {k: (num_devices // fixed if v == -1 else v) for k, v in sizes.items()}
 
 
-def validate(cfg: ConfigDict, *, num_devices: int | None = None, num_processes: int = 1) -> None:
-    """Raise ConfigError naming the first bad field and the fix; return None when the config is sound."""
+def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
+    """Raise ConfigError naming the first bad field and the fix; return None when the config is sound.
+    The process count sets no constraint: every process holds the whole generation batch, so mini-batches
+    and generation batches of any number of questions run on any number of hosts."""
     _check_schema(cfg, base_config())
     for name, choices in _CHOICES.items():
         value = _get(cfg, name)
@@ -342,10 +344,6 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None, num_processes: 
         raise ConfigError(
             f"config: data.prompts_per_step={cfg.data.prompts_per_step} is not a multiple of "
             f"optim.minibatch_prompts={mini}")
-    for name in ("data.prompts_per_step", "optim.minibatch_prompts"):
-        if (_get(cfg, name) or 0) % num_processes:
-            raise ConfigError(f"config: {name}={_get(cfg, name)} must divide evenly over {num_processes} processes "
-                              "(each keeps whole groups of its own prompts)")
 
     axes = {"mesh.data": cfg.mesh.data, "mesh.fsdp": cfg.mesh.fsdp, "mesh.tensor": cfg.mesh.tensor}
     if sum(v == -1 for v in axes.values()) > 1:

@@ -7,9 +7,9 @@
 * `make_train_iterator(rows, ...)` is a grain `MapDataset` pipeline: host shard, deterministic
   shuffle that differs per epoch, repeat, batches that are lists of problem dicts; its iterator has
   JSON `get_state()` / `set_state()` for exact resume. The trainer uses ONE global iterator on every
-  process (shard 0 of 1, the global batch) and each process keeps its block of every batch
-  (`sharding.process_block`), so the prompts and the saved state do not depend on the process count;
-  the shard arguments remain for pipelines that want disjoint per-host streams.
+  process (shard 0 of 1, the global batch; every process holds all of it), so the prompts and the
+  saved state do not depend on the process count; the shard arguments remain for pipelines that want
+  disjoint per-host streams.
 * `make_eval_batches(rows, ...)`: this host's fixed, unshuffled evaluation batches.
 
 The dataset converters (`from_humaneval`, `from_livecodebench`, `from_sciknoweval`,

@@ -13,6 +13,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+import sdpo_jax
+
+sdpo_jax.skip_tpu_backend_on_a_cpu_host()  # before jax is imported (the config file may import it)
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -49,7 +53,7 @@ def main(argv: list[str]) -> int:
 
     sharding.maybe_initialize_distributed()
     try:
-        config_lib.validate(cfg, num_devices=jax.device_count(), num_processes=jax.process_count())
+        config_lib.validate(cfg, num_devices=jax.device_count())
     except config_lib.ConfigError as err:
         if jax.process_index() == 0:
             print(f"error: {err}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The jitted programs one RL run executes, built from its config alone: abstract arguments (shapes,
 dtypes, shardings), no weights, tokenizer or data.
 
-    programs = run_programs(cfg, model_cfg, mesh, processes=8)
+    programs = run_programs(cfg, model_cfg, mesh)
     compiled = programs[0].lower().compile()
 
 For each program the loop (`sdpo_jax.train`) calls: the loop's own jitted function, its arguments at
@@ -163,14 +163,14 @@ def abstract_minibatch(rows: int, widths: dict[str, int], mesh) -> ts.RolloutBat
 # ---------------------------------------------------------------------------------------------- programs
 
 
-def _generate_programs(cfg, model_cfg, state, mesh, processes: int, *, prompts: int, n: int, spec: SamplingSpec,
+def _generate_programs(cfg, model_cfg, state, mesh, *, prompts: int, n: int, spec: SamplingSpec,
                        names: tuple[str, str], calls_per_step: float, with_decode: bool = True) -> list[Program]:
     """prefill and decode of `sampling.generate` for `prompts` global prompts x n samples each (the decode's
     arguments are the compiled prefill's outputs; with_decode=False: the prefill alone, not compiled)."""
     decode_cfg = sampling.decode_model_config(model_cfg)
     params = abstract_decode_params(cfg, model_cfg, state, mesh)
     resident = state._replace(params=None) if params is state.params else state
-    batch = processes * sampling.prompts_per_process(prompts // processes, n, mesh, processes)
+    batch = sampling.padded_prompt_count(prompts, n, mesh)
     replicated = NamedSharding(mesh, P())
     ids = _abstract((batch, buckets_used(cfg)["prompt"]), jnp.int32, sampling.prompt_sharding(mesh, batch))
     stop_ids = _abstract((sampling.stop_id_slots(MAX_STOP_IDS),), jnp.int32, replicated)
@@ -189,10 +189,10 @@ def _generate_programs(cfg, model_cfg, state, mesh, processes: int, *, prompts: 
     return [prefill, decode]
 
 
-def run_programs(cfg, model_cfg, mesh, *, processes: int = 1, eval_questions: int | None = None,
+def run_programs(cfg, model_cfg, mesh, *, eval_questions: int | None = None,
                  only: set[str] | None = None) -> list[Program]:
     """Every program an RL run with `cfg` executes (see the module docstring), in call order, at the largest
-    shapes the config allows, for `processes` hosts sharing `mesh`. Compiles a prefill when its decode is
+    shapes the config allows, on `mesh` (its shapes do not depend on how many hosts share it). Compiles a prefill when its decode is
     wanted (its outputs are the decode's arguments). eval_questions: the evaluation set's size (default
     data.eval_prompts); only: these program names (default all)."""
     wanted = set(compiled_calls.PROGRAM_NAMES if only is None else only)
@@ -205,7 +205,7 @@ def run_programs(cfg, model_cfg, mesh, *, processes: int = 1, eval_questions: in
                                 float(cfg.rollout.top_p)).validate(vocab)
     programs = []
     if wanted & {"prefill", "decode"}:
-        programs += _generate_programs(cfg, model_cfg, state, mesh, processes, prompts=cfg.data.prompts_per_step,
+        programs += _generate_programs(cfg, model_cfg, state, mesh, prompts=cfg.data.prompts_per_step,
                                        n=cfg.rollout.n, spec=rollout_spec, names=("prefill", "decode"),
                                        calls_per_step=1.0, with_decode="decode" in wanted)
 
@@ -227,9 +227,8 @@ def run_programs(cfg, model_cfg, mesh, *, processes: int = 1, eval_questions: in
     questions = cfg.data.eval_prompts if eval_questions is None else eval_questions
     if cfg.eval.every and questions and wanted & {"eval_prefill", "eval_decode"}:
         per_call = max(cfg.data.prompts_per_step, 1)
-        chunk = -(-per_call // processes) * processes  # train.evaluate pads a chunk to the process count
         eval_spec = SamplingSpec(float(cfg.eval.temperature), 0, float(cfg.eval.top_p)).validate(vocab)
-        programs += _generate_programs(cfg, model_cfg, state, mesh, processes, prompts=chunk, n=cfg.eval.n,
+        programs += _generate_programs(cfg, model_cfg, state, mesh, prompts=per_call, n=cfg.eval.n,
                                        spec=eval_spec, names=("eval_prefill", "eval_decode"),
                                        calls_per_step=math.ceil(questions / per_call) / cfg.eval.every,
                                        with_decode="eval_decode" in wanted)

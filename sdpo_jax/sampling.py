@@ -68,13 +68,11 @@ def pick_bucket(length: int, buckets: Sequence[int] | None = None) -> int:
 
 
 def pad_to_bucket(lists: Sequence[Sequence[int]], buckets: Sequence[int] | None, pad_id: int,
-                  side: str = "left", at_least: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  side: str = "left") -> tuple[np.ndarray, np.ndarray]:
     """Pad token lists to the bucket of the longest one: (ids int32 [B, L], mask int32 [B, L]).
 
     side="left" for prompts (the last real token sits in the last column), "right" for completions.
-    at_least: pick the bucket for max(longest, at_least) (e.g. the longest over all processes, so
-    every process pads to the same width). A list longer than the largest bucket raises ValueError
-    naming its index and length.
+    A list longer than the largest bucket raises ValueError naming its index and length.
     """
     if side not in ("left", "right"):
         raise ValueError(f"pad_to_bucket: side={side!r} must be 'left' or 'right'")
@@ -87,7 +85,7 @@ def pad_to_bucket(lists: Sequence[Sequence[int]], buckets: Sequence[int] | None,
             raise ValueError(f"sequence {index} has length {length}, longer than the largest "
                              f"bucket {max(buckets)} (buckets={buckets}); add a larger bucket or "
                              f"truncate it")
-    width = pick_bucket(max(max(lengths), int(at_least)), buckets)
+    width = pick_bucket(max(lengths), buckets)
     ids = np.full((len(lists), width), pad_id, np.int32)
     mask = np.zeros((len(lists), width), np.int32)
     for row, seq in enumerate(lists):
@@ -119,11 +117,11 @@ def _row_parallelism(mesh) -> int:
     return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
 
-def prompts_per_process(num_prompts: int, n: int, mesh, processes: int = 1) -> int:
-    """The prompt count each process pads its prompts to (copies of its first), so that the global
-    rows processes x count x n divide over the mesh's row axes."""
+def padded_prompt_count(num_prompts: int, n: int, mesh) -> int:
+    """The prompt count `generate` pads its prompts to (copies of the first), so that the rows
+    count x n divide over the mesh's row axes."""
     count, rows_per = num_prompts, _row_parallelism(mesh)
-    while (processes * count * n) % rows_per:
+    while (count * n) % rows_per:
         count += 1
     return count
 
@@ -303,14 +301,12 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     cfg.compute_dtype; pad_id to cfg.pad_token_id (0 when unset). See the module docstring for the
     output layout and the exact meaning of the log-probs.
 
-    Several processes (a mesh that spans them): every process calls this with its OWN prompts and gets
-    back the rows of its own prompts only. The global batch is the processes' prompts in process
-    order (each padded to the largest count), the prompt bucket is the one of the longest prompt over
-    all processes, and the decode loop stops when every row of every process is done, so all
-    processes run the same programs. Sampling depends only on the global row position (threefry is
-    partitionable in this JAX), so P processes with b prompts each draw what one process with the
-    P·b prompts in the same order draws. `program_names`: what the two programs are called in
-    `compiled_calls` (the evaluation's are "eval_prefill" / "eval_decode").
+    Several processes (a mesh that spans them): every process calls this with the SAME arguments (the
+    global prompts; checked, a ValueError otherwise), feeds its own devices' rows, and gets back every
+    row, as one process would: sampling depends only on the global row position (threefry is
+    partitionable in this JAX), so P processes draw exactly what one process draws, whatever the
+    number of prompts or how the mesh's row axes fall on hosts. `program_names`: what the two programs
+    are called in `compiled_calls` (the evaluation's are "eval_prefill" / "eval_decode").
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"generate: n={n!r} must be an integer >= 1 (samples per prompt)")
@@ -338,20 +334,16 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
         pad_id = getattr(cfg, "pad_token_id", None)
         pad_id = 0 if pad_id is None else int(pad_id)
 
-    # Pad the prompt list so that B·n divides over the row axes of the mesh. Across processes each
-    # pads its own prompts to the same count b (the global batch is P·b, process p's rows first-to-last
-    # in block p), so its rows land on its own devices and come back to it alone.
-    processes = jax.process_count() if mesh is not None else 1
+    # Pad the prompt list so that B·n divides over the row axes of the mesh; the extra rows are dropped.
     num_prompts = len(prompts)
-    batch = prompts_per_process(sharding_lib.agree_max(num_prompts) if processes > 1 else num_prompts, n, mesh,
-                                processes)
-    longest = sharding_lib.agree_max(max(len(p) for p in prompts)) if processes > 1 else 0
+    batch = padded_prompt_count(num_prompts, n, mesh)
     ids_bp, mask_bp = pad_to_bucket(prompts + [prompts[0]] * (batch - num_prompts), prompt_buckets,
-                                    pad_id, side="left", at_least=longest)
-    if processes > 1:  # every process holds the whole (small) prompt batch, then keeps its shards
-        ids_bp, mask_bp = sharding_lib.gather_rows(ids_bp), sharding_lib.gather_rows(mask_bp)
+                                    pad_id, side="left")
+    multi_process = mesh is not None and jax.process_count() > 1
+    if multi_process:
+        sharding_lib.check_same_on_every_process("generate: the prompts", ids_bp)
 
-    prompts_sharding = prompt_sharding(mesh, processes * batch)
+    prompts_sharding = prompt_sharding(mesh, batch)
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     put = (lambda x, s: jnp.asarray(x)) if mesh is None else sharding_lib.global_from_host
     ids_bp, mask_bp = put(ids_bp, prompts_sharding), put(mask_bp, prompts_sharding)
@@ -376,10 +368,7 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     compiled_calls.note(program_names[1], (params, state, stop_ids_e, pad, key), dict(cfg=cfg, spec=spec))
     final, finish = _decode(cfg, params, state, stop_ids_e, pad, key, spec=spec)
     del final["cache"]
-    keep = num_prompts * n  # this process's real rows (padding rows dropped)
-    rows = sharding_lib.local_rows if processes > 1 else np.asarray
-    return GenerateOutput(tokens=rows(final["tokens"])[:keep],
-                          logprobs=rows(final["logprobs"])[:keep],
-                          lengths=rows(final["lengths"])[:keep],
-                          finish_reason=rows(finish)[:keep],
-                          num_decode_steps=int(final["step"]) - 1)
+    keep = num_prompts * n  # the real rows (padding rows dropped)
+    out = dict(tokens=final["tokens"], logprobs=final["logprobs"], lengths=final["lengths"], finish_reason=finish)
+    out = sharding_lib.host_copy(out) if multi_process else jax.tree.map(np.asarray, out)
+    return GenerateOutput(**{k: v[:keep] for k, v in out.items()}, num_decode_steps=int(final["step"]) - 1)

@@ -177,42 +177,58 @@ def maybe_initialize_distributed() -> bool:
 
 # ----------------------------------------------------------------------------- several processes
 #
-# Every process runs the same program. Host-side data (prompts, rollouts, scores) is process-local:
-# process p holds rows [p*N/P, (p+1)*N/P) of each global batch of N rows (`process_block`). These
-# helpers agree on shapes, move process-local rows into global arrays and back, and gather small
-# host values. On one process each of them is the identity (no collective runs).
+# Every process runs the same program on the same host-side data: the global prompt batch, every
+# completion, every score, every RolloutBatch row (a generation batch is small: 256 rows x 8192 tokens
+# of int32 is 8 MB). Device arrays are global; each process feeds its own shards from its full host
+# copy (`global_from_host`) and reads results back whole (`host_copy`). Only the expensive host work
+# is split: process p scores the rows of `scoring_block` and the scores are gathered
+# (`gather_objects`). On one process each helper is the identity (no collective runs).
 
 
-def process_block(num_rows: int, process_index: int | None = None, process_count: int | None = None) -> slice:
-    """Rows [p*N/P, (p+1)*N/P) of a global batch of N rows: the block that process p holds."""
+def scoring_block(num_rows: int, process_index: int | None = None, process_count: int | None = None) -> slice:
+    """The rows process p scores out of `num_rows`: contiguous blocks in process order, sizes differing by
+    at most one (a block may be empty when there are fewer rows than processes)."""
     p = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
-    if num_rows % count:
-        raise ValueError(f"a global batch of {num_rows} rows does not split evenly over {count} processes; "
-                         "make data.prompts_per_step a multiple of the process count")
-    per = num_rows // count
-    return slice(p * per, (p + 1) * per)
+    base, extra = divmod(num_rows, count)
+    start = p * base + min(p, extra)
+    return slice(start, start + base + (p < extra))
 
 
-def agree_max(value: int) -> int:
-    """The largest `value` over all processes (itself on one process): e.g. the longest prompt, so
-    every process picks the same bucket and compiles the same program."""
+def gather_objects(values: list) -> list:
+    """Every process's list of JSON values, concatenated in process order (the input on one process):
+    e.g. each process's scores of its `scoring_block`, giving every row's score on every process."""
     if jax.process_count() == 1:
-        return int(value)
+        return list(values)
+    import json
+
     from jax.experimental import multihost_utils
 
-    return int(np.max(multihost_utils.process_allgather(np.asarray([value], np.int64))))
+    data = np.frombuffer(json.dumps(values).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int64))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded[None], tiled=True))
+    return [v for row, size in zip(rows, sizes) for v in json.loads(row[:size].tobytes().decode())]
 
 
-def gather_rows(x_local: np.ndarray) -> np.ndarray:
-    """Every process's equally shaped host array, concatenated along axis 0 in process order (so the
-    result is the global batch when each process holds its `process_block`); the input on one process."""
-    x_local = np.asarray(x_local)
+def check_same_on_every_process(what: str, *arrays: np.ndarray) -> None:
+    """Raise ValueError naming `what` unless every process passed equal host arrays (compared by
+    checksum): host-side inputs of a global program (e.g. `sampling.generate`'s prompts) must agree."""
     if jax.process_count() == 1:
-        return x_local
+        return
+    import zlib
+
     from jax.experimental import multihost_utils
 
-    return np.asarray(multihost_utils.process_allgather(x_local, tiled=True))
+    digest = 0
+    for x in arrays:
+        x = np.ascontiguousarray(x)
+        digest = zlib.crc32(str((x.shape, x.dtype)).encode() + x.tobytes(), digest)
+    digests = np.asarray(multihost_utils.process_allgather(np.asarray([digest], np.int64))).reshape(-1)
+    if len(set(digests.tolist())) > 1:
+        raise ValueError(f"{what} differ between processes (checksums {digests.tolist()}); every process must "
+                         "pass the same global values")
 
 
 def global_from_host(x_global: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -231,34 +247,6 @@ def replicated_key(key, mesh: Mesh):
         return jax.device_put(key, replicated)
     data = jax.device_put(np.asarray(jax.random.key_data(key)), replicated)
     return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
-
-
-def local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a global array whose leading dim is split over devices: the host array of
-    its `process_block`, checked (a mesh whose row-sharded axes cross processes in another order raises).
-    `np.asarray(x)` when the array is fully addressable (one process)."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(x)
-    starts = {}
-    for shard in x.addressable_shards:
-        rows = shard.index[0] if shard.index else slice(None)
-        start = rows.start or 0
-        starts.setdefault(start, shard)
-    pieces, expect = [], None
-    for start in sorted(starts):
-        data = np.asarray(starts[start].data)
-        if expect is not None and start != expect:
-            raise ValueError(f"local_rows: this process's rows of a {x.shape} array are not one contiguous "
-                             f"block (a gap at row {expect}); keep mesh.tensor within one host")
-        pieces.append(data)
-        expect = start + data.shape[0]
-    block = process_block(x.shape[0])
-    first = min(starts)
-    if first != block.start or expect != block.stop:
-        raise ValueError(f"local_rows: process {jax.process_index()} holds rows [{first}, {expect}) of a "
-                         f"{x.shape} array, not its block [{block.start}, {block.stop}); devices must be "
-                         "ordered by process with mesh.tensor within one host")
-    return np.concatenate(pieces, axis=0)
 
 
 def host_copy(tree: Any) -> Any:

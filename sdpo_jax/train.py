@@ -7,16 +7,16 @@
       ──► RolloutBatch (buckets) ──► train_step.update_on_generation_batch (old log-probs,
           mini-batch optimizer steps, EMA teacher once) ──► metrics ──► eval / checkpoint every k.
 
-Several processes (`jax.distributed`, one per host): every process advances the same global prompt
-iterator (prompt records are tiny) and keeps its block `[p*B/P, (p+1)*B/P)` of the global batch of B
-prompts (`sharding.process_block`), so P processes see exactly the prompts of one process with the
-same global batch, and the iterator state in a checkpoint does not depend on the process count.
-Each process generates for its own prompts (a group's n samples stay on the process that read the
-prompt), decodes and scores them with its own Scorer, builds its own teacher prompts and hands its
-rows to the train step, which makes them global arrays; bucket widths are the maxima over processes.
-Metrics are reduced over processes and logged by process 0; checkpoints are written by all
-processes (the JSON meta by process 0). Debugging aid: with SDPO_JAX_DUMP_ROLLOUTS=1 each process
-appends, per step, the problem ids, group ids and completions it held to
+Several processes (`jax.distributed`, one per host) run the same loop on the same host-side data:
+every process advances the same global prompt iterator, passes the global prompts to `generate`
+(which feeds each process's devices its own rows and returns every row to every process), scores
+only its `sharding.scoring_block` of the rows with its own Scorer and gathers every score
+(`score_rows`), then builds the same global RolloutBatch. A mini-batch may therefore take its
+questions from any host: one question per mini-batch or per step works on any number of hosts, and
+P processes train exactly like one (tests/test_multiprocess.py). The iterator state in a checkpoint
+does not depend on the process count. Metrics are logged by process 0; checkpoints are written by
+all processes (the JSON meta by process 0). Debugging aid: with SDPO_JAX_DUMP_ROLLOUTS=1 each
+process appends, per step, the problem ids, group ids, completions and the rows it scored to
 `run_dir/rollouts_process{p}.jsonl`.
 """
 
@@ -157,9 +157,24 @@ def completion_texts(tokenizer, tokens_nc: np.ndarray, lengths_n: np.ndarray) ->
             for row, length in zip(tokens_nc, lengths_n)]
 
 
+def score_rows(run: Run, row_problems: list[dict], texts: list[str], truncated: list[bool]):
+    """(every row's Score, stats summed over processes): on several processes each scores its
+    `sharding.scoring_block` of the rows and the scores are gathered, so every process gets them all."""
+    if jax.process_count() == 1:
+        return run.scorer(row_problems, texts, truncated)
+    block = sharding.scoring_block(len(texts))
+    scores, stats = run.scorer(row_problems[block], texts[block], truncated[block])
+    gathered = sharding.gather_objects([[s.to_json() for s in scores], stats])
+    scores = [envs_lib.base.Score.from_json(d) for part in gathered[0::2] for d in part]
+    counts = {k: sum(part.get(k, 0) for part in gathered[1::2])
+              for k in ("items", "errors", "timeouts", "crashes", "restarts")}
+    return scores, {**stats, **counts, "scored_rows": [block.start, block.stop]}
+
+
 def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: float, top_p: float,
            top_k: int = 0, program_names: tuple[str, str] = ("prefill", "decode")) -> dict:
-    """Generate n completions per problem and score them; a group's rows are contiguous.
+    """Generate n completions per problem and score them; a group's rows are contiguous. On several
+    processes every process passes the same (global) problems and gets every row and score back.
     `program_names`: the names of generate's two programs (`compiled_calls`)."""
     cfg, model_cfg = run.cfg, run.model_cfg
     messages, prompt_ids = prompt_ids_for(run, problems)
@@ -181,7 +196,7 @@ def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: 
     truncated = list(np.asarray(out.finish_reason) == sampling.FINISH_LENGTH)
     row_problems = [p for p in problems for _ in range(n)]
     start = time.time()
-    scores, score_stats = run.scorer(row_problems, texts, truncated)
+    scores, score_stats = score_rows(run, row_problems, texts, truncated)
     return dict(messages=[m for m in messages for _ in range(n)], prompt_ids=[p for p in prompt_ids for _ in range(n)],
                 tokens=tokens, lengths=lengths, logprobs=np.asarray(out.logprobs), texts=texts,
                 rewards=np.array([s.reward for s in scores], np.float32),
@@ -192,8 +207,7 @@ def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: 
 
 def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.RolloutBatch, dict, reprompt.TeacherPrompts]:
     """Host-side RolloutBatch: prompts / teacher prompts left-padded to buckets, completions trimmed;
-    its reprompt metrics; the unpadded teacher prompts. On several processes: this process's rows,
-    padded to the widths every process agrees on."""
+    its reprompt metrics; the unpadded teacher prompts. The same global batch on every process."""
     cfg, tok = run.cfg, run.tokenizer
     pad = tok.pad_token_id
     teacher = reprompt.build_teacher_prompts(
@@ -204,15 +218,10 @@ def rollout_batch(run: Run, rollout: dict, group_ids: np.ndarray) -> tuple[ts.Ro
         include_solution=cfg.reprompt.include_solution,
         feedback_only_without_solution=cfg.reprompt.feedback_only_without_solution,
         enable_thinking=cfg.tokenizer.enable_thinking, max_len=cfg.reprompt.max_len or 10**9)
-    # Bucket widths from the longest prompt / teacher prompt / completion over all processes.
-    multi = jax.process_count() > 1
-    longest = lambda seqs: sharding.agree_max(max(len(x) for x in seqs)) if multi else 0  # noqa: E731
-    prompt_ids, prompt_mask = sampling.pad_to_bucket(rollout["prompt_ids"], cfg.rollout.prompt_buckets, pad, side="left",
-                                                     at_least=longest(rollout["prompt_ids"]))
-    teacher_ids, teacher_mask = sampling.pad_to_bucket(teacher.ids, cfg.reprompt.teacher_prompt_buckets, pad, side="left",
-                                                       at_least=longest(teacher.ids))
+    prompt_ids, prompt_mask = sampling.pad_to_bucket(rollout["prompt_ids"], cfg.rollout.prompt_buckets, pad, side="left")
+    teacher_ids, teacher_mask = sampling.pad_to_bucket(teacher.ids, cfg.reprompt.teacher_prompt_buckets, pad, side="left")
     lengths = rollout["lengths"]
-    width = sampling.pick_bucket(sharding.agree_max(max(int(lengths.max()), 1)), cfg.rollout.completion_buckets)
+    width = sampling.pick_bucket(max(int(lengths.max()), 1), cfg.rollout.completion_buckets)
     tokens = np.full((len(lengths), width), pad, np.int32)
     take = min(width, rollout["tokens"].shape[1])
     tokens[:, :take] = rollout["tokens"][:, :take]
@@ -238,22 +247,16 @@ def evaluate(run: Run, params, rows: list[dict], rng) -> tuple[dict, np.ndarray]
     """(metrics, successes [Q] int): avg@k (mean success over k samples per question: the pass@1
     estimate), its standard error over questions, pass@k; and each question's number of successes.
 
-    Chunks of data.prompts_per_step questions; on several processes each chunk (padded with copies of
-    its first question to a multiple of the process count) is split into process blocks like a
-    training batch and the rewards are gathered, so every process returns the same, global numbers."""
+    Chunks of data.prompts_per_step questions (`sample`: the same global numbers on every process)."""
     cfg = run.cfg
     per_call = max(cfg.data.prompts_per_step, 1)
-    processes = jax.process_count()
     rewards = []
     for start in range(0, len(rows), per_call):
         chunk = rows[start:start + per_call]
-        padded = chunk + [chunk[0]] * (-len(chunk) % processes)
         rng, key = jax.random.split(rng)
-        mine = padded[sharding.process_block(len(padded))]
-        out = sample(run, params, mine, key, n=cfg.eval.n, temperature=cfg.eval.temperature,
+        out = sample(run, params, chunk, key, n=cfg.eval.n, temperature=cfg.eval.temperature,
                      top_p=cfg.eval.top_p, program_names=("eval_prefill", "eval_decode"))
-        local = out["rewards"].reshape(len(mine), cfg.eval.n)
-        rewards.append(sharding.gather_rows(local)[:len(chunk)])
+        rewards.append(out["rewards"].reshape(len(chunk), cfg.eval.n))
     success = np.concatenate(rewards) >= cfg.reprompt.success_threshold
     per_question = success.mean(1)
     metrics = {"eval/accuracy": float(success.mean()), f"eval/pass@{cfg.eval.n}": float(success.any(1).mean()),
@@ -327,25 +330,15 @@ def load_rows(cfg) -> tuple[list[dict], list[dict]]:
     return train, evals[:cfg.data.eval_prompts]
 
 
-def _reduce_over_processes(metrics: dict) -> dict:
-    """Reprompt metrics over all processes: fractions averaged (every process holds the same number of
-    groups and rows), counts (`reprompt_trimmed`) summed. The input on one process."""
-    if jax.process_count() == 1:
-        return metrics
-    keys = sorted(metrics)
-    values = sharding.gather_rows(np.array([[float(metrics[k]) for k in keys]], np.float64))
-    return {k: float(values[:, i].sum() if k == "reprompt_trimmed" else values[:, i].mean())
-            for i, k in enumerate(keys)}
-
-
 def _dump_rollouts(run_dir: str, step: int, problems: list[dict], group_ids: np.ndarray, roll: dict) -> None:
-    """SDPO_JAX_DUMP_ROLLOUTS=1: what this process read and sampled at `step` (one JSON line per step)."""
+    """SDPO_JAX_DUMP_ROLLOUTS=1: what this process read, sampled and scored at `step` (one JSON line per step)."""
     import json
 
     record = {"step": step, "process": jax.process_index(), "process_count": jax.process_count(),
               "problem_ids": [p.get("id", p.get("task_id")) for p in problems],
               "group_ids": [int(g) for g in group_ids], "texts": roll["texts"],
-              "rewards": [float(r) for r in roll["rewards"]]}
+              "rewards": [float(r) for r in roll["rewards"]],
+              "scored_rows": roll["score_stats"].get("scored_rows", [0, len(roll["texts"])])}
     with open(os.path.join(run_dir, f"rollouts_process{jax.process_index()}.jsonl"), "a") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -378,7 +371,8 @@ def warm_start_splits(train_rows: list[dict], eval_rows: list[dict]) -> dict[str
 
 def context_metrics(run: Run, state, problems: list[dict], roll: dict, teacher: reprompt.TeacherPrompts) -> dict:
     """`context/*` metrics (context_probe.rollout_context_metrics) for environments that know the reference
-    answer (`expected_answer`); {} otherwise and on several processes."""
+    answer (`expected_answer`); {} otherwise and on several processes (its probe runs on one process's
+    devices)."""
     if jax.process_count() > 1 or not hasattr(run.env, "expected_answer"):
         return {}
     tok, n = run.tokenizer, run.cfg.rollout.n
@@ -419,7 +413,7 @@ def run(cfg) -> int:
             f.write(cfg.to_json_best_effort(indent=2))
     optimizer = make_optimizer(cfg)
     state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
-    # One global iterator on every process (see the module docstring); each keeps its block per step.
+    # One global iterator on every process (see the module docstring).
     data_iter = data_lib.make_train_iterator(train_rows, batch_size=cfg.data.prompts_per_step, seed=cfg.seed)
     base_key = jax.random.key(cfg.seed)  # sampling key of step k: fold_in(base_key, k)
     eval_key = jax.random.key(cfg.seed + 1)
@@ -444,13 +438,11 @@ def run(cfg) -> int:
             logger.log(0, {**log_evaluation(cfg, 0, *evaluate(run_, state.params, eval_rows, jax.random.fold_in(eval_key, 0))),
                            "generations": 0})
         for step in range(start_step, cfg.train.steps):
-            global_problems = next(data_iter)
-            block = sharding.process_block(len(global_problems))
-            problems = global_problems[block]
+            problems = next(data_iter)
             key = jax.random.fold_in(base_key, step)
             roll = sample(run_, state.params, problems, key, n=cfg.rollout.n, temperature=cfg.rollout.temperature,
                           top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
-            group_ids = np.repeat(np.arange(block.start, block.stop) + step * len(global_problems), cfg.rollout.n)
+            group_ids = np.repeat(np.arange(len(problems)) + step * len(problems), cfg.rollout.n)
             batch, reprompt_metrics, teacher_prompts = rollout_batch(run_, roll, group_ids)
             if dump_rollouts:
                 _dump_rollouts(cfg.run_dir, step, problems, group_ids, roll)
@@ -463,18 +455,17 @@ def run(cfg) -> int:
                 report_compiled(train_step, settings, state, batch, mesh)
             counters["skipped_nonfinite_total"] += int(metrics.get("skipped_nonfinite", 0) > 0)
             counters["nonfinite_in_a_row"] = counters["nonfinite_in_a_row"] + 1 if metrics.get("skipped_nonfinite", 0) else 0
-            # Over all processes: per-row values gathered in process order (= the global batch order).
-            rewards, lengths = sharding.gather_rows(roll["rewards"]), sharding.gather_rows(roll["lengths"])
+            rewards, lengths = roll["rewards"], roll["lengths"]
             tokens = int(lengths.sum())
             if context_every and (step == 0 or (step + 1) % context_every == 0):
                 reprompt_metrics.update(context_metrics(run_, state, problems, roll, teacher_prompts))
-            metrics.update(_reduce_over_processes(reprompt_metrics))
+            metrics.update(reprompt_metrics)
             metrics.update(
                 reward=float(rewards.mean()), accuracy=float((rewards >= cfg.reprompt.success_threshold).mean()),
                 response_length=float(lengths.mean()), generations=(step + 1) * len(lengths),
                 time_generate=roll["time_generate"], time_score=roll["time_score"], time_update=time_update,
                 tokens_per_s_generate=tokens / max(roll["time_generate"], 1e-9), decode_steps=roll["decode_steps"],
-                env_errors=float(sharding.gather_rows(np.array([roll["score_stats"].get("errors", 0)])).sum()),
+                env_errors=float(roll["score_stats"].get("errors", 0)),
                 **counters)
             if cfg.eval.every and eval_rows and (step + 1) % cfg.eval.every == 0:
                 metrics.update(log_evaluation(cfg, step + 1, *evaluate(run_, state.params, eval_rows,

@@ -248,13 +248,11 @@ def _batch_shardings(mesh, batch: RolloutBatch) -> RolloutBatch:
 
 
 def _put(batch: RolloutBatch, mesh) -> RolloutBatch:
-    """Host (process-local) rows onto the mesh, rows over ('data', 'fsdp')."""
+    """Host rows onto the mesh, rows over ('data', 'fsdp'); on several processes every process holds the
+    whole batch and feeds its own devices' rows."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, batch)
-    shardings = _batch_shardings(mesh, batch)
-    if jax.process_count() == 1:
-        return jax.device_put(batch, shardings)
-    return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, np.asarray(x)), batch, shardings)
+    return jax.tree.map(sharding.global_from_host, batch, _batch_shardings(mesh, batch))
 
 
 # ----------------------------------------------------------------------------- the loss of one micro-batch
@@ -492,30 +490,13 @@ def _ema_fn(rate: float):
 
 
 def split_minibatches(settings: StepSettings, batch: RolloutBatch, mesh=None) -> list[RolloutBatch]:
-    """The generation batch as placed mini-batches of whole groups (`settings.minibatch_groups` each),
-    padded with zero-weight rows to a multiple of data-parallel size x micro_batches.
-
-    Several processes: `batch` holds this process's rows (its own groups). Global mini-batch m is every
-    process's m-th slice of `minibatch_groups / P` local groups (padded per process), in process order,
-    so process p's rows sit on its own devices. On one process this is the plain split in order. With
-    one mini-batch (the default, minibatch_groups = the generation batch) P processes holding the
-    blocks of a global batch build exactly the mini-batch one process builds from that batch."""
+    """The generation batch as placed mini-batches of whole groups (`settings.minibatch_groups` each, in
+    order of first appearance), padded with zero-weight rows to a multiple of data-parallel size x
+    micro_batches. On several processes every process passes the same global batch, so a mini-batch's
+    groups may sit on any devices: the split is the one-process split, whatever the process count."""
     batch = canonical_batch(jax.tree.map(np.asarray, batch))
-    processes = jax.process_count() if mesh is not None else 1
-    groups = settings.minibatch_groups
-    if processes > 1 and groups:
-        if groups % processes:
-            raise ValueError(f"optim.minibatch_prompts={groups} must be a multiple of the {processes} processes "
-                             "(each global mini-batch takes the same number of groups from every process)")
-        groups //= processes
-    multiple = max(1, data_parallel_size(mesh) * settings.micro_batches // processes)
-    index = minibatch_row_indices(batch.group_ids, groups, multiple)
-    if processes > 1:  # the same number of mini-batches and rows on every process
-        count, width = sharding.agree_max(index.shape[0]), sharding.agree_max(index.shape[1])
-        if count != index.shape[0]:
-            raise ValueError(f"process {jax.process_index()} has {index.shape[0]} mini-batches, another has "
-                             f"{count}; every process must hold the same number of groups")
-        index = np.pad(index, ((0, 0), (0, width - index.shape[1])), constant_values=-1)
+    multiple = max(1, data_parallel_size(mesh) * settings.micro_batches)
+    index = minibatch_row_indices(batch.group_ids, settings.minibatch_groups, multiple)
     return [_put(_take_rows(batch, idx), mesh) for idx in index]
 
 
@@ -524,8 +505,8 @@ def update_on_generation_batch(step, model_cfg, settings: StepSettings, state: T
     """Old log-probs for every row, then one `step` per mini-batch of whole groups, then the EMA teacher.
 
     Mini-batches hold `settings.minibatch_groups` groups (0 = all), padded with zero-weight rows to a
-    multiple of data-parallel size x micro_batches (`split_minibatches`; on several processes `batch`
-    is this process's rows and the mini-batches are global). A step with a non-finite loss or
+    multiple of data-parallel size x micro_batches (`split_minibatches`; on several processes every
+    process passes the same global batch). A step with a non-finite loss or
     gradient leaves the state unchanged; the EMA teacher moves once, after the last step, only if some
     step was applied. `rng` is unused (the step is deterministic). Returns (state, metrics): each metric
     an array over the mini-batches, plus `ema_updated` (0/1)."""

@@ -24,7 +24,12 @@ import sys
 import time
 from typing import Callable, Sequence
 
-import jax
+import sdpo_jax
+
+if __name__ == "__main__":
+    sdpo_jax.skip_tpu_backend_on_a_cpu_host()  # before jax is imported
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -62,8 +67,9 @@ def ttt_defaults() -> ml_collections.ConfigDict:
     return t
 
 
-def validate_ttt(cfg) -> None:
-    """Validate the base fields with `config.validate` and the `ttt` group here (ConfigError)."""
+def validate_ttt(cfg, *, num_devices: int | None = None) -> None:
+    """Validate the base fields with `config.validate` (on `num_devices` when given) and the `ttt` group
+    here (ConfigError)."""
     from sdpo_jax import config as config_lib
 
     if "ttt" not in cfg:
@@ -76,7 +82,7 @@ def validate_ttt(cfg) -> None:
     base = cfg.copy_and_resolve_references()
     with base.unlocked():
         del base["ttt"]
-    config_lib.validate(base)
+    config_lib.validate(base, num_devices=num_devices)
     bad = [m for m in t.methods if m not in METHODS]
     if bad or not t.methods:
         raise config_lib.ConfigError(f"config: ttt.methods={tuple(t.methods)} must be a non-empty subset of {METHODS}")
@@ -322,7 +328,7 @@ def multi_turn(run, params0, problems: Sequence[dict], *, seeds: int, log: Calla
         tokens, lengths = np.asarray(out.tokens)[:len(active)], np.asarray(out.lengths)[:len(active)]
         texts = train.completion_texts(tok, tokens, lengths)
         truncated = list(np.asarray(out.finish_reason)[:len(active)] == sampling.FINISH_LENGTH)
-        scores, _ = run.scorer([problems[c["question_index"]] for c in active], texts, truncated)
+        scores, _ = train.score_rows(run, [problems[c["question_index"]] for c in active], texts, truncated)
         for c, score in zip(active, scores):
             if score.reward >= cfg.reprompt.success_threshold:
                 c["first_success"] = turn + 1
@@ -342,7 +348,9 @@ def multi_turn(run, params0, problems: Sequence[dict], *, seeds: int, log: Calla
 
 def run_ttt(cfg, *, devices=None, log: Callable[..., None] = print) -> dict:
     """Run every method in cfg.ttt.methods on the question set; write results.csv, discovery.json and
-    discovery.png to cfg.run_dir; return {"rows", "curves", "summaries", "meta"}."""
+    discovery.png to cfg.run_dir (process 0); return {"rows", "curves", "summaries", "meta"}. On several
+    processes every process runs the same comparison on the same data (`train.sample`: each scores its
+    block of the attempts) and returns the same results."""
     from sdpo_jax import train_step as ts
 
     t = cfg.ttt
@@ -401,20 +409,27 @@ def run_ttt(cfg, *, devices=None, log: Callable[..., None] = print) -> dict:
                 "questions": names, "question_info": question_info, "methods": list(t.methods),
                 "initial_params_fingerprint": init_fp, "initial_params_unchanged": unchanged,
                 "wall_s": time.time() - begin, **timings, "config": cfg.to_dict()}
-        dsc.write_results_csv(os.path.join(cfg.run_dir, "results.csv"), rows)
-        dsc.write_curves_json(os.path.join(cfg.run_dir, "discovery.json"), curves, meta=meta, summaries=summaries)
-        dsc.plot_discovery(os.path.join(cfg.run_dir, "discovery.png"), curves,
-                           title=f"discovery@k: {len(problems)} questions x {t.seeds} seeds")
-        if trace:
-            import json
-
-            with open(os.path.join(cfg.run_dir, "sdpo_steps.jsonl"), "w") as f:
-                f.writelines(json.dumps(dsc._json_value(r)) + "\n" for r in trace)
+        if jax.process_index() == 0:
+            write_outputs(cfg, rows, curves, meta, summaries, trace, title=f"discovery@k: {len(problems)} questions x "
+                          f"{t.seeds} seeds")
         log(format_summaries(summaries, t.budget))
         log(f"wrote {cfg.run_dir}/results.csv, discovery.json, discovery.png ({time.time() - begin:.1f}s)")
         return {"rows": rows, "curves": curves, "summaries": summaries, "meta": meta, "problems": problems}
     finally:
         close()
+
+
+def write_outputs(cfg, rows: list[dict], curves: list, meta: dict, summaries: list[dict], trace: list[dict], *,
+                  title: str) -> None:
+    """results.csv, discovery.json, discovery.png and (when SDPO ran) sdpo_steps.jsonl in cfg.run_dir."""
+    dsc.write_results_csv(os.path.join(cfg.run_dir, "results.csv"), rows)
+    dsc.write_curves_json(os.path.join(cfg.run_dir, "discovery.json"), curves, meta=meta, summaries=summaries)
+    dsc.plot_discovery(os.path.join(cfg.run_dir, "discovery.png"), curves, title=title)
+    if trace:
+        import json
+
+        with open(os.path.join(cfg.run_dir, "sdpo_steps.jsonl"), "w") as f:
+            f.writelines(json.dumps(dsc._json_value(r)) + "\n" for r in trace)
 
 
 def format_summaries(summaries: Sequence[dict], budget: int) -> str:
@@ -455,11 +470,20 @@ def main(argv: list[str]) -> int:
         return 2
     cfg = _CONFIG.value
     try:
-        validate_ttt(cfg)
+        validate_ttt(cfg)  # schema, types, ranges, paths: before jax starts
     except config_lib.ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    run_ttt(cfg)
+    from sdpo_jax import sharding
+
+    sharding.maybe_initialize_distributed()  # a multi-host slice: every host runs this same command
+    try:
+        validate_ttt(cfg, num_devices=jax.device_count())
+    except config_lib.ConfigError as err:
+        if jax.process_index() == 0:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    run_ttt(cfg, log=lambda *args: print(*args, flush=True) if jax.process_index() == 0 else None)
     return 0
 
 

@@ -121,6 +121,26 @@ def test_main_reports_config_errors_before_starting():
         assert needle in proc.stderr + proc.stdout, (args, proc.stderr[-2000:])
 
 
+def test_main_on_a_cpu_host_with_libtpu_starts_quietly_on_the_cpu(tmp_path):
+    """Invariant: with libtpu installed (requirements-tpu-aot.txt, part of the test venv) and JAX_PLATFORMS
+    unset, `python -m sdpo_jax.main` on a host without TPU chips or GPUs runs on the CPU and prints none of
+    libtpu's start-up errors (it sets JAX_PLATFORMS=cpu before jax is imported)."""
+    import importlib.util
+
+    assert importlib.util.find_spec("libtpu") is not None, "the test venv installs libtpu (requirements-tpu-aot.txt)"
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    proc = subprocess.run([sys.executable, "-m", "sdpo_jax.main", "--config=configs/demo.py",
+                           f"--config.run_dir={tmp_path}", "--config.warm_start.steps=0", "--config.train.steps=1",
+                           "--config.eval.every=0", "--config.logging.plot=False", "--config.logging.progress_bar=False",
+                           "--config.checkpoint.export_hf_at_end=False", "--config.checkpoint.at_end=False",
+                           "--config.model.init.num_layers=1", "--config.rollout.max_new_tokens=4"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert " on cpu (" in proc.stdout  # platform_line: "JAX <version> on cpu (N devices)"
+    for noise in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES", "libtpu", "InitGoogle"):
+        assert noise not in proc.stdout + proc.stderr, noise
+
+
 def test_env_options_reach_every_score_call_and_unknown_ones_are_named():
     """`env.options` from the config are passed to every `env.score` call by the scorer pool that
     `train.build_run` makes; an option the env's score() does not take fails at set-up, naming it."""
@@ -143,22 +163,6 @@ def test_env_options_reach_every_score_call_and_unknown_ones_are_named():
     cfg.env.options = {"feedback_styel": "positions"}
     with pytest.raises(ValueError, match="feedback_styel"):
         train.build_run(cfg)
-
-
-def test_groups_must_split_evenly_over_processes():
-    """With several processes, prompts_per_step and minibatch_prompts must be multiples of the process
-    count (each process keeps whole groups); the error names the field."""
-    from configs import demo
-
-    cfg = demo.get_config()
-    cfg.data.prompts_per_step, cfg.optim.minibatch_prompts = 12, 6
-    config_lib.validate(cfg, num_processes=2)
-    config_lib.validate(cfg, num_processes=3)
-    with pytest.raises(config_lib.ConfigError, match="optim.minibatch_prompts=6 must divide evenly over 4"):
-        config_lib.validate(cfg, num_processes=4)
-    cfg.optim.minibatch_prompts = 0
-    with pytest.raises(config_lib.ConfigError, match="data.prompts_per_step=12 must divide evenly over 5"):
-        config_lib.validate(cfg, num_processes=5)
 
 
 def test_installed_package_without_configs_asks_for_a_config_path(tmp_path):

