@@ -19,7 +19,7 @@ from typing import Any
 import jax
 
 PROGRAM_NAMES = ("train_step", "old_logprobs", "teacher_update", "prefill", "decode", "eval_prefill",
-                 "eval_decode")
+                 "eval_decode", "best_of_k_prefill", "best_of_k_decode", "multi_turn_prefill", "multi_turn_decode")
 
 _active: list | None = None
 

@@ -164,15 +164,17 @@ def abstract_minibatch(rows: int, widths: dict[str, int], mesh) -> ts.RolloutBat
 
 
 def _generate_programs(cfg, model_cfg, state, mesh, *, prompts: int, n: int, spec: SamplingSpec,
-                       names: tuple[str, str], calls_per_step: float, with_decode: bool = True) -> list[Program]:
-    """prefill and decode of `sampling.generate` for `prompts` global prompts x n samples each (the decode's
-    arguments are the compiled prefill's outputs; with_decode=False: the prefill alone, not compiled)."""
+                       names: tuple[str, str], calls_per_step: float, with_decode: bool = True,
+                       prompt_width: int | None = None) -> list[Program]:
+    """prefill and decode of `sampling.generate` for `prompts` global prompts x n samples each, at the largest
+    rollout prompt bucket unless `prompt_width` (the decode's arguments are the compiled prefill's outputs;
+    with_decode=False: the prefill alone, not compiled)."""
     decode_cfg = sampling.decode_model_config(model_cfg)
     params = abstract_decode_params(cfg, model_cfg, state, mesh)
     resident = state._replace(params=None) if params is state.params else state
     batch = sampling.padded_prompt_count(prompts, n, mesh)
     replicated = NamedSharding(mesh, P())
-    ids = _abstract((batch, buckets_used(cfg)["prompt"]), jnp.int32, sampling.prompt_sharding(mesh, batch))
+    ids = _abstract((batch, prompt_width or buckets_used(cfg)["prompt"]), jnp.int32, sampling.prompt_sharding(mesh, batch))
     stop_ids = _abstract((sampling.stop_id_slots(MAX_STOP_IDS),), jnp.int32, replicated)
     pad = _abstract((), jnp.int32, replicated)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
@@ -235,6 +237,38 @@ def run_programs(cfg, model_cfg, mesh, *, eval_questions: int | None = None,
     return [p for p in programs if p.name in wanted]
 
 
+def ttt_programs(cfg, model_cfg, mesh, *, questions: int, only: set[str] | None = None) -> list[Program]:
+    """Every program `python -m sdpo_jax.ttt` runs with `cfg` on `questions` questions: SDPO's rollout (1
+    question x ttt.batch_size attempts), train step and EMA teacher update (`run_programs`; no evaluation),
+    best-of-k / selection sampling (`ttt.sample_success_counts`: its largest call of questions x samples), and
+    multi-turn prompting (`ttt.multi_turn`: one attempt per chain of questions x seeds, padded to a power of
+    two, at the multi-turn prompt bucket of ttt.multi_turn_max_prompt_tokens). calls_per_step counts per
+    SDPO step; the baselines' programs have 0 (they run once per comparison, not per step)."""
+    t = cfg.ttt
+    wanted = set(compiled_calls.PROGRAM_NAMES if only is None else only)
+    programs = run_programs(cfg, model_cfg, mesh, only=wanted)
+    from sdpo_jax import train
+
+    settings, optimizer = train.step_settings(cfg), train.make_optimizer(cfg)
+    state = abstract_train_state(model_cfg, settings, optimizer, mesh)
+    spec = SamplingSpec(float(cfg.rollout.temperature), int(cfg.rollout.top_k),
+                        float(cfg.rollout.top_p)).validate(model_cfg.vocab_size)
+    if "best_of_k" in t.methods and wanted & {"best_of_k_prefill", "best_of_k_decode"}:
+        samples = max(t.best_of_k_samples, t.select_samples)
+        per_call = max(1, min(samples, t.sample_rows // max(questions, 1) or 1))
+        group = max(1, t.sample_rows // per_call)
+        programs += _generate_programs(cfg, model_cfg, state, mesh, prompts=min(group, questions), n=per_call, spec=spec,
+                                       names=("best_of_k_prefill", "best_of_k_decode"), calls_per_step=0.0,
+                                       with_decode="best_of_k_decode" in wanted)
+    if "multi_turn" in t.methods and wanted & {"multi_turn_prefill", "multi_turn_decode"}:
+        chains = questions * t.seeds
+        width = sampling.pick_bucket(t.multi_turn_max_prompt_tokens, tuple(t.multi_turn_prompt_buckets))
+        programs += _generate_programs(cfg, model_cfg, state, mesh, prompts=1 << (chains - 1).bit_length(), n=1,
+                                       spec=spec, names=("multi_turn_prefill", "multi_turn_decode"), calls_per_step=0.0,
+                                       with_decode="multi_turn_decode" in wanted, prompt_width=width)
+    return [p for p in programs if p.name in wanted]
+
+
 # ---------------------------------------------------------------------------------------------- model FLOPs
 
 
@@ -254,7 +288,7 @@ def model_flops(program: Program, cfg, model_cfg) -> float:
     forward; prefill: each distinct prompt once, its last position projected; decode: every row, every
     step up to max_new_tokens - 1, 2 N_nonembed + 2 V d + attention 4 L S (heads x head_dim) over the
     S cache slots; teacher_update: 0 (element-wise)."""
-    name = program.name.removeprefix("eval_")
+    name = next((kind for kind in ("prefill", "decode") if program.name.endswith(kind)), program.name)
     if name in ("train_step", "old_logprobs"):
         batch = program.args[1]
         rows, prompt, completion = batch.completion_ids.shape[0], batch.prompt_ids.shape[1], batch.completion_ids.shape[1]

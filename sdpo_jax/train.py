@@ -171,6 +171,19 @@ def score_rows(run: Run, row_problems: list[dict], texts: list[str], truncated: 
     return scores, {**stats, **counts, "scored_rows": [block.start, block.stop]}
 
 
+def decode_weights(run: Run, params):
+    """The weights `generate` reads: a compute-dtype copy without fsdp (rollout.decode_weights "gathered": no
+    all-gather of the weights at every decode step), a compute-dtype copy in the parameters' sharding (fp32
+    master weights, bf16 compute: half the bytes per step; same values, the forward casts them anyway), or
+    the parameters themselves. Made once per generate call."""
+    model_cfg = run.model_cfg
+    if run.cfg.rollout.decode_weights == "gathered":
+        return sampling.decode_params(model_cfg, params, run.mesh, dtype=model_cfg.compute_dtype)
+    if jnp.dtype(model_cfg.compute_dtype) != jnp.dtype(model_cfg.param_dtype):
+        return sampling.decode_params(model_cfg, params, None, dtype=model_cfg.compute_dtype)
+    return params
+
+
 def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: float, top_p: float,
            top_k: int = 0, program_names: tuple[str, str] = ("prefill", "decode")) -> dict:
     """Generate n completions per problem and score them; a group's rows are contiguous. On several
@@ -179,14 +192,8 @@ def sample(run: Run, params, problems: list[dict], rng, *, n: int, temperature: 
     cfg, model_cfg = run.cfg, run.model_cfg
     messages, prompt_ids = prompt_ids_for(run, problems)
     start = time.time()
-    if cfg.rollout.decode_weights == "gathered":  # a copy without fsdp: no all-gather of weights per decode step
-        params = sampling.decode_params(model_cfg, params, run.mesh, dtype=model_cfg.compute_dtype)
-    elif jnp.dtype(model_cfg.compute_dtype) != jnp.dtype(model_cfg.param_dtype):
-        # fp32 master weights, bf16 compute: decode reads a compute-dtype copy (half the bytes per step),
-        # made once per generation batch; same values, since the forward casts the weights anyway
-        params = sampling.decode_params(model_cfg, params, None, dtype=model_cfg.compute_dtype)
     out = sampling.generate(
-        model_cfg, params, prompt_ids, max_new_tokens=cfg.rollout.max_new_tokens,
+        model_cfg, decode_weights(run, params), prompt_ids, max_new_tokens=cfg.rollout.max_new_tokens,
         temperature=temperature, top_p=top_p, top_k=top_k, eos_ids=run.eos_ids, n=n, rng=rng,
         prompt_buckets=tuple(cfg.rollout.prompt_buckets), mesh=run.mesh,
         cache_dtype=cfg.rollout.cache_dtype, pad_id=run.tokenizer.pad_token_id, program_names=program_names)

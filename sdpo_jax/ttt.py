@@ -245,7 +245,8 @@ def sample_success_counts(run, params, problems: Sequence[dict], num_samples: in
         while done < num_samples:
             n = min(per_call, num_samples - done)
             out = train.sample(run, params, chunk, jax.random.fold_in(key, g0 * 1_000_003 + done), n=n,
-                               temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
+                               temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
+                               program_names=("best_of_k_prefill", "best_of_k_decode"))
             ok = (out["rewards"] >= cfg.reprompt.success_threshold).reshape(len(chunk), n)
             counts[g0:g0 + len(chunk)] += ok.sum(axis=1)
             done += n
@@ -304,6 +305,7 @@ def multi_turn(run, params0, problems: Sequence[dict], *, seeds: int, log: Calla
                "max_prompt_tokens_used": 0, "trimmed": 0}
               for q in range(len(problems)) for s in range(seeds)]
     messages = [run.env.build_prompt(p) for p in problems]
+    weights = train.decode_weights(run, params0)
     begin = time.time()
     for turn in range(t.budget):
         active = [c for c in chains if c["first_success"] is None]
@@ -320,11 +322,11 @@ def multi_turn(run, params0, problems: Sequence[dict], *, seeds: int, log: Calla
         rows = 1 << (len(prompts) - 1).bit_length()  # pad to a power of two: few distinct compiles
         padded = prompts + [prompts[0]] * (rows - len(prompts))
         out = sampling.generate(
-            run.model_cfg, params0, padded, max_new_tokens=cfg.rollout.max_new_tokens,
+            run.model_cfg, weights, padded, max_new_tokens=cfg.rollout.max_new_tokens,
             temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
             eos_ids=run.eos_ids, n=1, rng=_key(cfg.seed, "multi_turn", turn),
             prompt_buckets=tuple(t.multi_turn_prompt_buckets), mesh=run.mesh, cache_dtype=cfg.rollout.cache_dtype,
-            pad_id=tok.pad_token_id)
+            pad_id=tok.pad_token_id, program_names=("multi_turn_prefill", "multi_turn_decode"))
         tokens, lengths = np.asarray(out.tokens)[:len(active)], np.asarray(out.lengths)[:len(active)]
         texts = train.completion_texts(tok, tokens, lengths)
         truncated = list(np.asarray(out.finish_reason)[:len(active)] == sampling.FINISH_LENGTH)

@@ -70,6 +70,31 @@ def test_tool_programs_are_the_calls_the_loop_makes(tmp_path, variant):
     assert not any(a.matches(b) for a in tool for b in tool if a is not b)
 
 
+def test_tool_programs_are_the_calls_test_time_sdpo_makes(tmp_path):
+    """Invariant: for a test-time config, `ttt_programs` (what the tool compiles) builds exactly the distinct
+    calls a 2-question x 2-seed run of `sdpo_jax.ttt` makes, captured from it: SDPO's rollout, train step and
+    EMA teacher update, best-of-k sampling and multi-turn prompting (names, statics, shapes, dtypes, shardings)."""
+    from sdpo_jax import ttt
+    from tests.test_ttt import _tiny_config
+
+    cfg = _tiny_config(tmp_path)
+    devices = jax.devices()[:1]
+    with compiled_calls.capture() as calls:
+        ttt.run_ttt(cfg, devices=devices, log=lambda *a: None)
+    loop = []
+    for call in calls:
+        if not any(call.matches(seen) for seen in loop):
+            loop.append(call)
+    mesh = train.make_run_mesh(cfg, devices)
+    model_cfg, _ = train.build_model(cfg, load_tokenizer(cfg.tokenizer.path), mesh)
+    tool = [p.signature() for p in programs.ttt_programs(cfg, model_cfg, mesh, questions=cfg.ttt.num_questions)]
+    assert [s.name for s in tool] == ["prefill", "decode", "train_step", "teacher_update", "best_of_k_prefill",
+                                      "best_of_k_decode", "multi_turn_prefill", "multi_turn_decode"]
+    assert sorted(s.name for s in loop) == sorted(s.name for s in tool)
+    for signature in tool:
+        assert any(signature.matches(call) for call in loop), f"{signature.name} differs from the run's call"
+
+
 def test_resident_train_state_matches_shape_arithmetic():
     """Invariant: the resident state the tool counts per device (fp32 params + two Adam moments + fp32 EMA
     teacher, fsdp over 32 v5p devices) equals 4 x 4 bytes x parameters / 32 within 2 %, and the KV cache
@@ -122,7 +147,7 @@ def test_tool_reports_every_program_as_json(tmp_path):
 def test_a_run_that_cannot_fit_is_refused_naming_the_program(tmp_path):
     """Invariant: a train step whose logits block alone is ~128 GiB (65,536-token vocabulary, all 524,288
     completion tokens in one block) exits 5 naming train_step and the GiB it lacks on a v5e chip; a paper
-    8B config on 4 v5e chips is refused before compiling (resident state over HBM)."""
+    8B config on 4 v5e chips is refused before compiling (resident state over HBM), listing what frees memory."""
     proc = _aot("--config=configs/demo.py", "--topology=v5e-1", "--programs=train_step",
                 "--config.model.init.vocab_size=65536", "--config.loss.vocab_chunk=65536", "--config.loss.seq_chunk=0",
                 "--config.rollout.max_new_tokens=4096", "--config.rollout.completion_buckets=(4096,)",
@@ -132,6 +157,9 @@ def test_a_run_that_cannot_fit_is_refused_naming_the_program(tmp_path):
     proc = _aot("--config=configs/science_qwen3_8b.py", "--topology=v5litepod-4")
     assert proc.returncode == aot.EXIT_DOES_NOT_FIT, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "resident state alone needs" in proc.stderr and "compiling" not in proc.stdout
+    # and it says what frees memory without changing a paper hyperparameter
+    assert "options: --config.rollout.decode_weights=sharded frees the" in proc.stderr
+    assert "--config.mesh.fsdp=2 --config.mesh.tensor=2 divides" in proc.stderr
 
 
 def test_topology_names_map_to_slices():

@@ -90,6 +90,9 @@ _GRID_3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: 
 _GRID_2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}  # v5e / v6e
 
 
+PAPER_TTT_QUESTIONS = 19  # the paper's "hard" LiveCodeBench v6 set for test-time SDPO (configs/ttt_lcb_qwen3_8b.py)
+
+
 class TopologyError(ValueError):
     """The topology name is not one this tool can model; the message lists what it takes."""
 
@@ -235,6 +238,30 @@ def roofline_s(name: str, report: dict, chip: Chip, decode_steps: int) -> float:
     return steps * per_step
 
 
+def memory_options(cfg, model_cfg, mesh, resident: dict) -> list[str]:
+    """What frees memory per chip without changing a paper hyperparameter: the decode copy, more `tensor`
+    shards (they divide the decode copy, the KV cache's heads and the layers' activations), more
+    gradient-accumulation steps per mini-batch, a larger slice."""
+    options = []
+    if cfg.rollout.decode_weights == "gathered" and resident["decode_copy"]:
+        options.append(f"--config.rollout.decode_weights=sharded frees the {_gib(resident['decode_copy'])} GiB decode "
+                       "copy (every decode step then all-gathers the weights: slower rollouts)")
+    devices, tensor = mesh.devices.size, mesh.shape["tensor"]
+    wider = next((t for t in (2 * tensor, 4 * tensor, 8 * tensor)
+                  if devices % t == 0 and model_cfg.num_kv_heads % t == 0 and devices // t >= 1), None)
+    if wider:
+        fsdp = devices // (wider * mesh.shape["data"])
+        options.append(f"--config.mesh.fsdp={fsdp} --config.mesh.tensor={wider} divides the decode copy, the KV cache "
+                       f"and the layers' activations over {wider} tensor shards instead of {tensor}")
+    rows = (cfg.optim.minibatch_prompts or cfg.data.prompts_per_step) * cfg.rollout.n
+    more = 2 * cfg.optim.micro_batches
+    if rows % (more * mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
+        options.append(f"--config.optim.micro_batches={more} halves the rows of each gradient-accumulation step "
+                       "(the train step's activations; same update)")
+    options.append("a slice with more chips")
+    return options
+
+
 def _gib(x: float) -> str:
     return f"{x / GIB:.2f}"
 
@@ -262,11 +289,11 @@ def run_report(cfg, reports: dict, chip: Chip, layout: dict, mesh, resident: dic
 
 def print_report(out: dict) -> None:
     print(f"\n{out['topology']}: {out['devices']} devices on {out['hosts']} hosts, mesh {out['mesh']}")
-    print(f"{'program':15} {'calls':>6} {'args':>8} {'temp':>8} {'out-alias':>9} {'resident':>8} {'peak':>8} "
+    print(f"{'program':18} {'calls':>6} {'args':>8} {'temp':>8} {'out-alias':>9} {'resident':>8} {'peak':>8} "
           f"{'GFLOP/dev':>11} {'/model':>7} {'coll GiB':>9} {'compile s':>9}")
     for name, r in out["programs"].items():
         ratio = "" if r["compiled_over_model_flops"] is None else f"{r['compiled_over_model_flops']:.2f}"
-        print(f"{name:15} {r['calls_per_step']:6.2f} {_gib(r['argument_bytes']):>8} {_gib(r['temp_bytes']):>8} "
+        print(f"{name:18} {r['calls_per_step']:6.2f} {_gib(r['argument_bytes']):>8} {_gib(r['temp_bytes']):>8} "
               f"{_gib(max(r['output_bytes'] - r['alias_bytes'], 0)):>9} {_gib(r['resident_bytes']):>8} "
               f"{_gib(r['peak_bytes']):>8} {r['flops'] / 1e9:11.1f} {ratio:>7} {_gib(r['collective_bytes']):>9} "
               f"{r['compile_s']:9.1f}")
@@ -288,7 +315,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "gcloud accelerator type (v5p-
                                 "a libtpu topology (v5p:2x4x4), or 8xH100 (needs requirements-gpu-aot.txt).")
 _PROGRAMS = flags.DEFINE_list("programs", None, "Compile only these programs (default: all the run executes).")
 _JSON = flags.DEFINE_string("json", None, "Write the report as JSON here.")
-_EVAL_QUESTIONS = flags.DEFINE_integer("eval_questions", None, "Evaluation set size (default data.eval_prompts).")
+_EVAL_QUESTIONS = flags.DEFINE_integer("eval_questions", None, "Evaluation set size (default data.eval_prompts); "
+                                       "for a test-time config, its question count (default ttt.num_questions, "
+                                       f"else {PAPER_TTT_QUESTIONS})")
 
 
 def main(argv) -> int:
@@ -323,8 +352,17 @@ def main(argv) -> int:
               "install it with `pip install -r requirements-tpu-aot.txt`", file=sys.stderr)
         return EXIT_BAD_INPUT
     chip = CHIPS[kind]
+    test_time = "ttt" in cfg  # a test-time SDPO config (python -m sdpo_jax.ttt)
     try:
-        config_lib.validate(cfg, num_devices=len(devices))
+        if test_time:
+            from sdpo_jax import ttt
+
+            checked = cfg.copy_and_resolve_references()
+            with checked.unlocked():
+                checked.ttt.questions = "synthetic"  # the tool reads no question file
+            ttt.validate_ttt(checked, num_devices=len(devices))
+        else:
+            config_lib.validate(cfg, num_devices=len(devices))
         model_cfg = model_config_for(cfg)
     except (config_lib.ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -338,15 +376,22 @@ def main(argv) -> int:
     total = sum(resident.values())
     print("resident state per device (arithmetic): " + ", ".join(f"{k} {_gib(v)} GiB" for k, v in resident.items())
           + f"; total {_gib(total)} of {_gib(chip.hbm_bytes)} GiB HBM", flush=True)
+    options = "options: " + "; or ".join(memory_options(cfg, model_cfg, mesh, resident))
     if total > chip.hbm_bytes:
         print(f"error: does not fit: the resident state alone needs {_gib(total)} GiB per device, "
-              f"{_gib(total - chip.hbm_bytes)} GiB more than a {kind} chip's {_gib(chip.hbm_bytes)} GiB; "
-              "use a larger slice (more fsdp shards) or bfloat16 master weights / teacher", file=sys.stderr)
+              f"{_gib(total - chip.hbm_bytes)} GiB more than a {kind} chip's {_gib(chip.hbm_bytes)} GiB\n{options}",
+              file=sys.stderr)
         return EXIT_DOES_NOT_FIT
 
     wanted = set(_PROGRAMS.value) if _PROGRAMS.value else None
     reports = {}
-    for program in programs.run_programs(cfg, model_cfg, mesh, eval_questions=_EVAL_QUESTIONS.value, only=wanted):
+    if test_time:
+        questions = _EVAL_QUESTIONS.value or cfg.ttt.num_questions or PAPER_TTT_QUESTIONS
+        print(f"test-time SDPO: {questions} questions x {cfg.ttt.seeds} seeds (--eval_questions sets the count)")
+        run_programs = programs.ttt_programs(cfg, model_cfg, mesh, questions=questions, only=wanted)
+    else:
+        run_programs = programs.run_programs(cfg, model_cfg, mesh, eval_questions=_EVAL_QUESTIONS.value, only=wanted)
+    for program in run_programs:
         print(f"compiling {program.name} ...", flush=True)
         try:
             reports[program.name] = program_report(program, cfg, model_cfg, chip, len(devices))
@@ -356,7 +401,7 @@ def main(argv) -> int:
                 raise
             need, have = float(oom.group(2)), float(oom.group(3))
             print(f"error: does not fit: {program.name} needs {need:.2f} GiB per device for {oom.group(1)} (libtpu's "
-                  f"compiler), {need - have:.2f} GiB more than the {have:.2f} GiB of HBM", file=sys.stderr)
+                  f"compiler), {need - have:.2f} GiB more than the {have:.2f} GiB of HBM\n{options}", file=sys.stderr)
             return EXIT_DOES_NOT_FIT
         r = reports[program.name]
         print(f"  {program.name}: peak {_gib(r['peak_bytes'])} GiB, {r['flops'] / 1e9:.1f} GFLOP per device, "
@@ -374,6 +419,8 @@ def main(argv) -> int:
     for name, over in short.items():
         print(f"error: does not fit: {name} needs {_gib(reports[name]['peak_bytes'])} GiB per device, "
               f"{_gib(over)} GiB more than the {_gib(chip.hbm_bytes)} GiB of HBM", file=sys.stderr)
+    if short:
+        print(options, file=sys.stderr)
     del jax, sharding
     return EXIT_DOES_NOT_FIT if short else 0
 
