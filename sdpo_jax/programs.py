@@ -44,11 +44,13 @@ class Program:
     """One jitted program of the run: `jitted(*static_args, *args, **kwargs)` (static_args: leading static
     positional arguments, e.g. the ModelConfig); `noted` the static arguments the loop reports to
     `compiled_calls`; `calls_per_step` how often one RL step calls it (on average, for the evaluation);
-    `resident` the tree of the loop's other arrays on device while it runs; `compiled` once compiled."""
+    `resident` the tree of the loop's other arrays on device while it runs; `compiled` once compiled.
+    `args` may be a function returning them (a decode's arguments are its prefill's compiled outputs:
+    resolved on first use, so that the prefill is compiled, and can fail, under its own name)."""
     name: str
     jitted: Any
     static_args: tuple
-    args: tuple
+    args: Any
     kwargs: dict
     noted: dict
     calls_per_step: float
@@ -57,8 +59,13 @@ class Program:
     compile_s: float = 0.0
     flops: Any = None  # hlo_flops.HloFlops of the compiled program (per device, loops expanded)
 
+    def arguments(self) -> tuple:
+        if callable(self.args):
+            self.args = self.args()
+        return self.args
+
     def signature(self) -> compiled_calls.CallSignature:
-        return compiled_calls.signature(self.name, self.args, self.noted)
+        return compiled_calls.signature(self.name, self.arguments(), self.noted)
 
     def compile(self):
         """The compiled program (lowered under the mesh of its arguments), compiled once; `self.flops` its
@@ -66,7 +73,7 @@ class Program:
         if self.compiled is None:
             start = time.time()
             with jax.set_mesh(self.mesh):
-                lowered = self.jitted.lower(*self.static_args, *self.args, **self.kwargs)
+                lowered = self.jitted.lower(*self.static_args, *self.arguments(), **self.kwargs)
                 self.compiled, self.flops = hlo_flops.compile_counting_flops(lowered)
             self.compile_s = time.time() - start
         return self.compiled
@@ -74,12 +81,12 @@ class Program:
     def output_shapes(self):
         """The outputs as ShapeDtypeStructs in their compiled shardings."""
         compiled = self.compile()
-        shapes = jax.eval_shape(lambda *a: self.jitted(*self.static_args, *a, **self.kwargs), *self.args)
+        shapes = jax.eval_shape(lambda *a: self.jitted(*self.static_args, *a, **self.kwargs), *self.arguments())
         return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, compiled.output_shardings)
 
     @property
     def mesh(self):
-        for leaf in jax.tree.leaves(self.args):
+        for leaf in jax.tree.leaves(self.arguments()):
             mesh = getattr(getattr(leaf, "sharding", None), "mesh", None)
             if mesh is not None:
                 return mesh
@@ -169,7 +176,7 @@ def _generate_programs(cfg, model_cfg, state, mesh, *, prompts: int, n: int, spe
     """prefill and decode of `sampling.generate` for `prompts` global prompts x n samples each, at the largest
     rollout prompt bucket unless `prompt_width` (the decode's arguments are the compiled prefill's outputs;
     with_decode=False: the prefill alone, not compiled)."""
-    decode_cfg = sampling.decode_model_config(model_cfg)
+    decode_cfg = sampling.decode_model_config(model_cfg, mesh)
     params = abstract_decode_params(cfg, model_cfg, state, mesh)
     resident = state._replace(params=None) if params is state.params else state
     batch = sampling.padded_prompt_count(prompts, n, mesh)
@@ -186,7 +193,8 @@ def _generate_programs(cfg, model_cfg, state, mesh, *, prompts: int, n: int, spe
                       calls_per_step, resident)
     if not with_decode:
         return [prefill]
-    decode = Program(names[1], sampling._decode, (decode_cfg,), (params, prefill.output_shapes(), stop_ids, pad, key),
+    decode = Program(names[1], sampling._decode, (decode_cfg,),
+                     lambda: (params, prefill.output_shapes(), stop_ids, pad, key),
                      dict(spec=spec), dict(cfg=decode_cfg, spec=spec), calls_per_step, resident)
     return [prefill, decode]
 
@@ -290,7 +298,7 @@ def model_flops(program: Program, cfg, model_cfg) -> float:
     S cache slots; teacher_update: 0 (element-wise)."""
     name = next((kind for kind in ("prefill", "decode") if program.name.endswith(kind)), program.name)
     if name in ("train_step", "old_logprobs"):
-        batch = program.args[1]
+        batch = program.arguments()[1]
         rows, prompt, completion = batch.completion_ids.shape[0], batch.prompt_ids.shape[1], batch.completion_ids.shape[1]
         student = _forward_flops(model_cfg, rows, prompt + completion, completion)
         if name == "old_logprobs":
@@ -300,12 +308,12 @@ def model_flops(program: Program, cfg, model_cfg) -> float:
             total += _forward_flops(model_cfg, rows, batch.teacher_prompt_ids.shape[1] + completion, completion)
         return total
     if name == "prefill":
-        ids = program.args[1]
+        ids = program.arguments()[1]
         return _forward_flops(model_cfg, ids.shape[0], ids.shape[1], 1)
     if name == "decode":
-        tokens = program.args[1]["tokens"]
+        tokens = program.arguments()[1]["tokens"]
         rows, width = tokens.shape
-        slots = program.args[1]["slot_mask"].shape[1]
+        slots = program.arguments()[1]["slot_mask"].shape[1]
         d, vocab = model_cfg.hidden_size, model_cfg.vocab_size
         non_embedding = model_cfg.num_params - vocab * d * (1 if model_cfg.tie_word_embeddings else 2)
         per_token = (2 * non_embedding + 2 * vocab * d

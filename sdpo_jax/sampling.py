@@ -106,11 +106,14 @@ def _row_sharding(mesh, ndim: int) -> NamedSharding | None:
 
 
 def _cache_sharding(cfg, mesh) -> NamedSharding | None:
-    """[L, rows, S, K, H]: rows over ("data", "fsdp"), KV heads over "tensor" if they divide it."""
+    """The cache (`models.init_kv_cache`, either layout): rows over ("data", "fsdp"), KV heads over
+    "tensor" if they divide it."""
     if mesh is None:
         return None
     heads = "tensor" if cfg.num_kv_heads % mesh.shape["tensor"] == 0 else None
-    return NamedSharding(mesh, PartitionSpec(None, _ROW_AXES, None, heads, None))
+    if cfg.kv_cache_layout == "slots_major":  # [L, S, K, rows, H]
+        return NamedSharding(mesh, PartitionSpec(None, None, heads, _ROW_AXES, None))
+    return NamedSharding(mesh, PartitionSpec(None, _ROW_AXES, None, heads, None))  # [L, rows, S, K, H]
 
 
 def _row_parallelism(mesh) -> int:
@@ -203,9 +206,11 @@ def _prefill(cfg, params, prompt_ids_bp, prompt_mask_bp, stop_ids_e, pad_id, rng
     logits_rv = _constrain(jnp.repeat(logits_bv, n, axis=0), _row_sharding(mesh, 2))
     token_r, logprob_r = choose_tokens(logits_rv, jax.random.fold_in(rng, 0), spec)
 
-    def widen(x_lbpkh):  # repeat each prompt n times, then room for the completion
-        x_lrpkh = jnp.repeat(x_lbpkh, n, axis=1)
-        return jnp.pad(x_lrpkh, ((0, 0), (0, 0), (0, width), (0, 0), (0, 0)))
+    rows_axis, slots_axis = (3, 1) if cfg.kv_cache_layout == "slots_major" else (1, 2)
+
+    def widen(x):  # repeat each prompt n times, then room for the completion
+        x = jnp.repeat(x, n, axis=rows_axis)
+        return jnp.pad(x, [(0, width if axis == slots_axis else 0) for axis in range(x.ndim)])
 
     state = {
         "cache": _constrain({name: widen(x) for name, x in cache.items()},
@@ -269,9 +274,14 @@ def stop_id_slots(num_stop_ids: int) -> int:
     return -(-max(num_stop_ids, 1) // 8) * 8
 
 
-def decode_model_config(cfg):
-    """The ModelConfig both programs run with: the layer stack under `lax.scan`, no remat."""
-    return cfg.replace(scan_layers=True, remat=False)
+def decode_model_config(cfg, mesh=None):
+    """The ModelConfig both programs run with: the layer stack under `lax.scan`, no remat, and the KV cache
+    layout of the platform (the mesh's devices, else the default backend): "slots_major" on TPU, whose
+    decode loop would otherwise relayout (copy) the whole cache it receives from the prefill,
+    "rows_major" elsewhere (on CPU it decodes faster: 2,230 vs 1,674 tokens/s at batch 32 in bench/decode.py)."""
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    layout = "slots_major" if device.platform == "tpu" else "rows_major"
+    return cfg.replace(scan_layers=True, remat=False, kv_cache_layout=layout)
 
 
 def _as_key(rng):
@@ -357,7 +367,7 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
         key = sharding_lib.replicated_key(key, mesh)
     # The layer stack always runs under lax.scan here: one compiled layer body, and (XLA:CPU) no
     # per-step copies of unrolled layer slices (2x faster decode steps at batch 1).
-    cfg = decode_model_config(cfg)
+    cfg = decode_model_config(cfg, mesh)
 
     cache_dtype = _resolve_dtype(cfg, cache_dtype)
     compiled_calls.note(program_names[0], (params, ids_bp, mask_bp, stop_ids_e, pad, key),

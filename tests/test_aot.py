@@ -95,6 +95,21 @@ def test_tool_programs_are_the_calls_test_time_sdpo_makes(tmp_path):
         assert any(signature.matches(call) for call in loop), f"{signature.name} differs from the run's call"
 
 
+def test_tpu_decode_holds_the_kv_cache_once():
+    """Invariant: the decode program compiled for a TPU takes the KV cache from the prefill in the layout its
+    loop keeps it in, so it makes no copy of it: temporaries stay below a quarter of the cache (with the
+    former [L, B, S, K, H] cache, libtpu relaid the whole cache out: temporaries = 1.00x the cache)."""
+    cfg = configs.demo.get_config()
+    cfg.warm_start.steps, cfg.data.prompts_per_step, cfg.rollout.n = 0, 64, 4
+    cfg.rollout.max_new_tokens, cfg.rollout.completion_buckets, cfg.rollout.prompt_buckets = 2048, (2048,), (256,)
+    cfg.model.compute_dtype = cfg.rollout.cache_dtype = "bfloat16"
+    mesh = train.make_run_mesh(cfg, _tpu_devices("v5e-1"))
+    prefill, decode = programs.run_programs(cfg, aot.model_config_for(cfg), mesh, only={"prefill", "decode"})
+    cache = programs.device_bytes(decode.arguments()[1]["cache"])
+    temp = decode.compile().memory_analysis().temp_size_in_bytes
+    assert cache > 2**28 and temp < cache / 4, (temp / 2**20, cache / 2**20)
+
+
 def test_resident_train_state_matches_shape_arithmetic():
     """Invariant: the resident state the tool counts per device (fp32 params + two Adam moments + fp32 EMA
     teacher, fsdp over 32 v5p devices) equals 4 x 4 bytes x parameters / 32 within 2 %, and the KV cache

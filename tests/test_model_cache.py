@@ -55,19 +55,23 @@ def _run_cached(cfg, params, ids, mask, prompt_len, max_len):
 
 
 @pytest.mark.parametrize("cfg", [QWEN2, OLMO3], ids=["qwen2", "olmo3_sliding_yarn"])
-@pytest.mark.parametrize("scan", [False, True])
-def test_prefill_then_decode_equals_full_forward(cfg, scan):
+@pytest.mark.parametrize("scan,layout", [(False, "rows_major"), (True, "rows_major"), (True, "slots_major")])
+def test_prefill_then_decode_equals_full_forward(cfg, scan, layout):
     """Prefill + token-by-token decode through the KV cache gives the hidden states of
     `hidden_states` on the whole sequence (valid rows, fp32, 1e-5), with and without the layer
-    scan, including sliding-window layers on a sequence longer than the window."""
-    cfg = cfg.replace(scan_layers=scan)
+    scan, in both cache layouts ([L,B,S,K,H] and the TPU's [L,S,K,B,H]), including sliding-window
+    layers on a sequence longer than the window."""
+    cfg = cfg.replace(scan_layers=scan, kv_cache_layout=layout)
     params = random_params(cfg)
     ids, mask = _batch(cfg)
     ref = jax.jit(hidden_states, static_argnums=0)(cfg, params, ids, mask)
     got, cache = _run_cached(cfg, params, ids, mask, prompt_len=12, max_len=24)
     valid = np.asarray(mask)
     np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(ref)[valid], atol=1e-5, rtol=0)
-    assert cache["k"].shape == (cfg.num_layers, 2, 24, cfg.num_kv_heads, cfg.head_dim)
+    want = (cfg.num_layers, 2, 24, cfg.num_kv_heads, cfg.head_dim)  # [L,B,S,K,H]
+    if layout == "slots_major":
+        want = (cfg.num_layers, 24, cfg.num_kv_heads, 2, cfg.head_dim)  # [L,S,K,B,H]
+    assert cache["k"].shape == want
 
 
 def test_blockwise_prefill_equals_full_forward():

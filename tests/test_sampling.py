@@ -123,7 +123,7 @@ def test_stop_ids_end_rows_one_by_one(qwen3):
 
 
 def test_kv_cache_used_no_TxT_buffer_and_early_exit(qwen3):
-    """The compiled decode program holds the [.., S, K, H] cache but no [S, S] (or T x T) buffer,
+    """The compiled decode program holds the [L, B, S, K, H] cache (CPU) but no [S, S] (or T x T) buffer,
     and when every row stops early the loop runs fewer than max_new_tokens steps."""
     cfg, params = qwen3
     width, prompt_len = 10, 16
@@ -136,7 +136,7 @@ def test_kv_cache_used_no_TxT_buffer_and_early_exit(qwen3):
                               cache_dtype=jnp.dtype("float32"), mesh=None)
     lowered = sampling._decode.lower(cfg, params, state, stop_e, pad, key, spec=spec)
     hlo = lowered.compile().as_text()
-    assert re.search(rf"\[{cfg.num_layers},4,{slots},{cfg.num_kv_heads},{cfg.head_dim}\]", hlo)
+    assert re.search(rf"\[{cfg.num_layers},4,{slots},{cfg.num_kv_heads},{cfg.head_dim}\]", hlo)  # [L,B,S,K,H] on CPU
     assert not re.search(rf"\b{slots},{slots}\b", hlo), "an [S, S] buffer in the decode program"
 
     free = _generate(cfg, params, max_new_tokens=width)

@@ -84,6 +84,9 @@ class ModelConfig:
     attention_block_size: int = 512
     remat: bool = False
     scan_layers: bool = False
+    # KV cache axis order: "rows_major" [L,B,S,K,H]; "slots_major" [L,S,K,B,H], the order XLA:TPU's decode
+    # loop keeps the cache in (sampling.decode_model_config picks it per platform)
+    kv_cache_layout: str = "rows_major"
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | tuple | None = None
@@ -118,6 +121,8 @@ class ModelConfig:
             bad("norm_placement", self.norm_placement, "'pre' or 'post'")
         if self.attention_impl not in ATTENTION_IMPLS:
             bad("attention_impl", self.attention_impl, f"one of {ATTENTION_IMPLS}")
+        if self.kv_cache_layout not in ("rows_major", "slots_major"):
+            bad("kv_cache_layout", self.kv_cache_layout, "'rows_major' or 'slots_major'")
         for field in ("param_dtype", "compute_dtype"):
             if getattr(self, field) not in DTYPES:
                 bad(field, getattr(self, field), f"one of {DTYPES}")

@@ -238,10 +238,11 @@ def roofline_s(name: str, report: dict, chip: Chip, decode_steps: int) -> float:
     return steps * per_step
 
 
-def memory_options(cfg, model_cfg, mesh, resident: dict) -> list[str]:
+def memory_options(cfg, model_cfg, mesh, resident: dict, program: str | None = None) -> str:
     """What frees memory per chip without changing a paper hyperparameter: the decode copy, more `tensor`
     shards (they divide the decode copy, the KV cache's heads and the layers' activations), more
-    gradient-accumulation steps per mini-batch, a larger slice."""
+    gradient-accumulation steps per mini-batch (when `program` is the train step or old log-probs), a
+    larger slice."""
     options = []
     if cfg.rollout.decode_weights == "gathered" and resident["decode_copy"]:
         options.append(f"--config.rollout.decode_weights=sharded frees the {_gib(resident['decode_copy'])} GiB decode "
@@ -255,11 +256,11 @@ def memory_options(cfg, model_cfg, mesh, resident: dict) -> list[str]:
                        f"and the layers' activations over {wider} tensor shards instead of {tensor}")
     rows = (cfg.optim.minibatch_prompts or cfg.data.prompts_per_step) * cfg.rollout.n
     more = 2 * cfg.optim.micro_batches
-    if rows % (more * mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
+    if program in ("train_step", "old_logprobs") and rows % (more * mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
         options.append(f"--config.optim.micro_batches={more} halves the rows of each gradient-accumulation step "
                        "(the train step's activations; same update)")
     options.append("a slice with more chips")
-    return options
+    return "options: " + "; or ".join(options)
 
 
 def _gib(x: float) -> str:
@@ -376,11 +377,10 @@ def main(argv) -> int:
     total = sum(resident.values())
     print("resident state per device (arithmetic): " + ", ".join(f"{k} {_gib(v)} GiB" for k, v in resident.items())
           + f"; total {_gib(total)} of {_gib(chip.hbm_bytes)} GiB HBM", flush=True)
-    options = "options: " + "; or ".join(memory_options(cfg, model_cfg, mesh, resident))
     if total > chip.hbm_bytes:
         print(f"error: does not fit: the resident state alone needs {_gib(total)} GiB per device, "
-              f"{_gib(total - chip.hbm_bytes)} GiB more than a {kind} chip's {_gib(chip.hbm_bytes)} GiB\n{options}",
-              file=sys.stderr)
+              f"{_gib(total - chip.hbm_bytes)} GiB more than a {kind} chip's {_gib(chip.hbm_bytes)} GiB\n"
+              f"{memory_options(cfg, model_cfg, mesh, resident)}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
 
     wanted = set(_PROGRAMS.value) if _PROGRAMS.value else None
@@ -401,7 +401,8 @@ def main(argv) -> int:
                 raise
             need, have = float(oom.group(2)), float(oom.group(3))
             print(f"error: does not fit: {program.name} needs {need:.2f} GiB per device for {oom.group(1)} (libtpu's "
-                  f"compiler), {need - have:.2f} GiB more than the {have:.2f} GiB of HBM\n{options}", file=sys.stderr)
+                  f"compiler), {need - have:.2f} GiB more than the {have:.2f} GiB of HBM\n"
+                  f"{memory_options(cfg, model_cfg, mesh, resident, program.name)}", file=sys.stderr)
             return EXIT_DOES_NOT_FIT
         r = reports[program.name]
         print(f"  {program.name}: peak {_gib(r['peak_bytes'])} GiB, {r['flops'] / 1e9:.1f} GFLOP per device, "
@@ -419,8 +420,8 @@ def main(argv) -> int:
     for name, over in short.items():
         print(f"error: does not fit: {name} needs {_gib(reports[name]['peak_bytes'])} GiB per device, "
               f"{_gib(over)} GiB more than the {_gib(chip.hbm_bytes)} GiB of HBM", file=sys.stderr)
-    if short:
-        print(options, file=sys.stderr)
+    for name in short:
+        print(f"{name}: {memory_options(cfg, model_cfg, mesh, resident, name)}", file=sys.stderr)
     del jax, sharding
     return EXIT_DOES_NOT_FIT if short else 0
 
