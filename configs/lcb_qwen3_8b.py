@@ -4,11 +4,12 @@
         --config.model.path=/ckpt/Qwen3-8B --config.tokenizer.path=/ckpt/Qwen3-8B \
         --config.data.train=/data/lcb_v6/train.jsonl --config.data.eval=/data/lcb_v6/eval.jsonl
 
-Data: the 131 `livecodebench/code_generation_lite` (refs/pr/6) questions with contest date in
-[2025-02-01, 2025-05-01), one `sdpo_jax.data.from_livecodebench(row)` problem per line. The train file
-keeps a seeded half of each question's tests (`sdpo_jax.data.code_train_split(rows)`), the eval file
-all of them; the questions are the same (SDPO_SPEC §6). Paths have no usable default: the placeholders
-below fail at start-up with a message naming the override.
+Data: `python -m sdpo_jax.tools.prepare_lcb --out /data/lcb_v6` writes both files: the 131
+`livecodebench/code_generation_lite` (refs/pr/6) questions with contest date in [2025-02-01, 2025-05-01),
+one `sdpo_jax.data.from_livecodebench(row)` problem per line; the train file keeps half of each
+question's tests as the official split draws them, the eval file all of them; the questions are the
+same. Paths have no usable default: the placeholders below fail at start-up with a message naming the
+override.
 
 Setting (official `experiments/rich_feedback/run_sdpo.sh` + sdpo.yaml + user.yaml): 32 questions x 8
 rollouts per step at T 1.0 / top-p 1.0, responses <= 8192 tokens, thinking off; mini-batch of 1
