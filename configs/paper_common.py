@@ -52,9 +52,11 @@ def qwen3_8b_paper_model(run_dir):
     c.rollout.top_k = 0
     c.rollout.max_new_tokens = 8192
     c.rollout.cache_dtype = "bfloat16"
-    # decode from a bf16 copy without fsdp: sharded weights are all-gathered at every decode step (science on
-    # v5p-64: 15 TiB of collectives per device per generation batch with "sharded", none with this;
-    # bench/RESULTS.md); costs 16 GB / mesh.tensor per chip, so check a small slice with sdpo_jax.tools.aot
+    # decode from a bf16 copy without fsdp: fsdp-sharded weights are all-gathered at every decode step (LCB
+    # GRPO on v5p-64: 113 TiB of collectives per chip per generation batch with "sharded", roofline 234 s a
+    # step against 111 s with this). Costs 16 GB / mesh.tensor per chip: every paper config fits v5p-64 and
+    # v6e-64 with it (science on v6e-64 with 1.0 GiB to spare); bench/RESULTS.md. On another slice, check
+    # with `python -m sdpo_jax.tools.aot`, which names what to change when it does not fit.
     c.rollout.decode_weights = "gathered"
     c.reprompt.max_len = 10240
 

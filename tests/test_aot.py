@@ -169,12 +169,13 @@ def test_a_run_that_cannot_fit_is_refused_naming_the_program(tmp_path):
                 "--config.rollout.prompt_buckets=(64,)", "--config.reprompt.teacher_prompt_buckets=(256,)")
     assert proc.returncode == aot.EXIT_DOES_NOT_FIT, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "does not fit: train_step needs" in proc.stderr and "GiB more than" in proc.stderr
+    assert "--config.optim.micro_batches=2 halves the rows" in proc.stderr and "decode_weights" not in proc.stderr
     proc = _aot("--config=configs/science_qwen3_8b.py", "--topology=v5litepod-4")
     assert proc.returncode == aot.EXIT_DOES_NOT_FIT, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "resident state alone needs" in proc.stderr and "compiling" not in proc.stdout
     # and it says what frees memory without changing a paper hyperparameter
     assert "options: --config.rollout.decode_weights=sharded frees the" in proc.stderr
-    assert "--config.mesh.fsdp=2 --config.mesh.tensor=2 divides" in proc.stderr
+    assert "--config.mesh.fsdp=2 --config.mesh.tensor=2 divides the decode copy" in proc.stderr
 
 
 def test_topology_names_map_to_slices():

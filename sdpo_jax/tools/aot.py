@@ -239,21 +239,22 @@ def roofline_s(name: str, report: dict, chip: Chip, decode_steps: int) -> float:
 
 
 def memory_options(cfg, model_cfg, mesh, resident: dict, program: str | None = None) -> str:
-    """What frees memory per chip without changing a paper hyperparameter: the decode copy, more `tensor`
-    shards (they divide the decode copy, the KV cache's heads and the layers' activations), more
-    gradient-accumulation steps per mini-batch (when `program` is the train step or old log-probs), a
-    larger slice."""
+    """What frees memory per chip without changing a paper hyperparameter. For the rollout's programs
+    (and the resident state, `program` None): dropping the decode copy, or more `tensor` shards, which
+    divide it; for the train step and old log-probs: more gradient-accumulation steps per mini-batch;
+    always: a larger slice."""
     options = []
-    if cfg.rollout.decode_weights == "gathered" and resident["decode_copy"]:
-        options.append(f"--config.rollout.decode_weights=sharded frees the {_gib(resident['decode_copy'])} GiB decode "
-                       "copy (every decode step then all-gathers the weights: slower rollouts)")
-    devices, tensor = mesh.devices.size, mesh.shape["tensor"]
-    wider = next((t for t in (2 * tensor, 4 * tensor, 8 * tensor)
-                  if devices % t == 0 and model_cfg.num_kv_heads % t == 0 and devices // t >= 1), None)
-    if wider:
-        fsdp = devices // (wider * mesh.shape["data"])
-        options.append(f"--config.mesh.fsdp={fsdp} --config.mesh.tensor={wider} divides the decode copy, the KV cache "
-                       f"and the layers' activations over {wider} tensor shards instead of {tensor}")
+    if program is None or program.endswith(("prefill", "decode")):  # where the decode copy is held
+        if cfg.rollout.decode_weights == "gathered" and resident["decode_copy"]:
+            options.append(f"--config.rollout.decode_weights=sharded frees the {_gib(resident['decode_copy'])} GiB "
+                           "decode copy (every decode step then all-gathers the weights: slower rollouts)")
+            devices, tensor = mesh.devices.size, mesh.shape["tensor"]
+            wider = next((t for t in (2 * tensor, 4 * tensor, 8 * tensor)
+                          if devices % (t * mesh.shape["data"]) == 0 and model_cfg.num_kv_heads % t == 0), None)
+            if wider:
+                options.append(f"--config.mesh.fsdp={devices // (wider * mesh.shape['data'])} "
+                               f"--config.mesh.tensor={wider} divides the decode copy over {wider} tensor shards "
+                               f"instead of {tensor}")
     rows = (cfg.optim.minibatch_prompts or cfg.data.prompts_per_step) * cfg.rollout.n
     more = 2 * cfg.optim.micro_batches
     if program in ("train_step", "old_logprobs") and rows % (more * mesh.shape["data"] * mesh.shape["fsdp"]) == 0:
