@@ -20,16 +20,14 @@ succeeded; token-level rollout TIS clip 2; AdamW(0.9, 0.999), wd 0.01, grad clip
 no warmup; validation every 5 steps with 4 samples at T 0.6 / top-p 0.95. 30 epochs of 131 questions
 is ~120 steps; the paper reports accuracy to step 80-90 (48.8 at step 80, against GRPO's 41.2).
 
-Hardware (an expectation from arithmetic, not a measured run): fp32 params + Adam + fp32 EMA teacher
-+ grads of an 8B model are ~165 GB, and the bf16 KV cache for 256 rows x 10240 tokens ~370 GiB, so
-about 8.5 GiB a device on 64 devices (TPU v6e-64: 64 chips x 32 GiB; TPU v5p-128: 64 chips x 95 GiB)
-or ~67 GB a GPU on one 8xH200 host (the paper used one node of 4xGH200 with vLLM + FSDP2). Set
-`--config.model.attention_impl=splash` on TPU or `cudnn` on GPU (blockwise runs everywhere).
-A mini-batch is 8 rows; with the default mesh (fsdp over all devices) it is padded with zero-weight
-rows to the data-parallel size, so on 64 devices prefer `--config.mesh.fsdp=8 --config.mesh.tensor=8`
-(8 rows = one per data-parallel shard; untested at this scale).
-On a multi-host slice every host holds the whole generation batch, so the 1-question mini-batch runs
-as written on any number of hosts (tests/test_multiprocess.py).
+Hardware (compiled for each slice with `python -m sdpo_jax.tools.aot`, no TPU run; bench/RESULTS.md):
+peak per chip 80.0 GiB of 95.7 on v5p-16 (8 chips, the smallest slice that fits), 20.1 on v5p-64, 10.0
+of 31.3 on v6e-64; roofline 351 / 88 / 62 s per RL step. A mini-batch is 8 rows, so the default mesh
+takes fsdp 8 and puts the other chips on `tensor` (v5p-64: fsdp 8 x tensor 4), with no zero-weight
+padding. One 8xH100 host does not fit (the GPU compiler copies the KV cache in the decode: 120.9 of
+79.1 GiB). Set `--config.model.attention_impl=splash` on TPU or `cudnn` on GPU (blockwise runs
+everywhere). On a multi-host slice every host holds the whole generation batch, so the 1-question
+mini-batch runs as written on any number of hosts (tests/test_multiprocess.py).
 """
 
 from configs.paper_common import qwen3_8b_paper_base

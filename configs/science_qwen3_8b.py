@@ -22,14 +22,15 @@ AdamW(0.9, 0.999), wd 0.01, grad clip 1.0, lr 1e-5 constant after 10 warmup step
 accuracy within 1 h / 5 h on 4xGH200 (Chemistry 73.2 / 80.9 against GRPO's 65.9 / 74.5);
 `train.steps` below is only a cap (30 official epochs of Chemistry's 1890 questions is ~1770 steps).
 
-Hardware (an expectation from arithmetic, not a measured run): fp32 params + Adam + fp32 EMA teacher
-+ grads of an 8B model are ~165 GB; the bf16 KV cache is ~370 GiB for the 256 training rows x 10240
-tokens and ~740 GiB for an eval chunk (32 questions x 16 samples). That is ~15 GiB a device on 64
-devices (TPU v6e-64: 64 chips x 32 GiB; TPU v5p-128: 64 chips x 95 GiB) or ~120 GB a GPU on one
-8xH200 host during evaluation (tight). The paper used one node of 4xGH200 with vLLM + FSDP2. Set
-`--config.model.attention_impl=splash` on TPU or `cudnn` on GPU (blockwise runs everywhere).
+Hardware (compiled for each slice with `python -m sdpo_jax.tools.aot`, no TPU run; bench/RESULTS.md):
+peak per chip 53.5 GiB of 95.7 on v5p-64, 30.3 of 31.3 on v6e-64 (tight; `--config.mesh.fsdp=16
+--config.mesh.tensor=4 --config.optim.micro_batches=16` gives 18.1 and halves the roofline step, 122
+-> 62 s), and on v5p-32, the smallest slice that fits, 72.4 with `--config.optim.micro_batches=16`.
 `optim.micro_batches` = 4 keeps the official one sequence per device per micro-batch on 64
-data-parallel devices; use 256 / (data-parallel devices) elsewhere (e.g. 32 on 8 GPUs).
+data-parallel devices; use 256 / (data-parallel devices) elsewhere (e.g. 16 on 16 chips, 32 on 8
+GPUs). One 8xH100 host does not fit (the resident state alone needs 120.5 GiB a GPU). The paper used one
+node of 4xGH200 with vLLM + FSDP2. Set `--config.model.attention_impl=splash` on TPU or `cudnn` on GPU
+(blockwise runs everywhere).
 """
 
 from configs.paper_common import qwen3_8b_paper_base

@@ -21,12 +21,10 @@ lr 1e-5 constant after 10 warmup steps; validation every 5 steps with 16 samples
 (68.0 / 68.5 against GRPO's 64.9 / 67.7). A user report (lasgroup/SDPO#25) saw the run match the
 paper (~0.68) to about step 400 and then collapse, so `train.steps` stops at 400.
 
-Hardware (an expectation from arithmetic, not a measured run), as for the science config: ~165 GB of
-fp32 training state plus a bf16 KV cache of ~370 GiB (256 training rows) or ~740 GiB (an eval chunk of
-32 questions x 16 samples) at 10240 tokens: ~15 GiB a device on 64 devices (TPU v6e-64: 64 chips x
-32 GiB; TPU v5p-128: 64 chips x 95 GiB) or ~120 GB a GPU on one 8xH200 host during evaluation
-(tight). The paper used one node of 4xGH200. Set `--config.model.attention_impl=splash` on TPU or
-`cudnn` on GPU. `optim.micro_batches` = 4 keeps one sequence per device per micro-batch on 64
+Hardware: the science config's shapes (configs/science_qwen3_8b.py has the slices it fits, compiled
+with `python -m sdpo_jax.tools.aot`); on v5p-64 this config peaks at 53.5 GiB of 95.7 per chip
+(bench/RESULTS.md). The paper used one node of 4xGH200. Set `--config.model.attention_impl=splash` on
+TPU or `cudnn` on GPU. `optim.micro_batches` = 4 keeps one sequence per device per micro-batch on 64
 data-parallel devices; use 256 / (data-parallel devices) elsewhere.
 """
 
