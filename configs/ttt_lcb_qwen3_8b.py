@@ -4,8 +4,11 @@
         --config.model.path=/ckpt/Qwen3-8B --config.tokenizer.path=/ckpt/Qwen3-8B \
         --config.ttt.questions=/data/lcb_v6_hard.jsonl
 
-For accelerators (one 8-GPU host or a TPU slice; not the CPU; untested at this scale). Memory per
-(question, seed) run is the RL run's: fp32 params + Adam + fp32 EMA teacher (see lcb_qwen3_8b.py).
+For accelerators (a TPU slice or GPU hosts; not the CPU). Compiled with `python -m sdpo_jax.tools.aot`
+(bench/RESULTS.md; no TPU run): fits v5p-64 (peak 63.0 of 95.7 GiB per chip, in the multi-turn
+baseline's prefill of up to 128 chains of 32k-token prompts); on v5p-32 the best-of-k decode (98.5 GiB)
+and on v6e-64 the multi-turn prefill (33.5 of 31.3 GiB) do not fit; the SDPO step itself peaks at 19.3
+GiB on v5p-64. Every host of a multi-host slice runs the same command.
 `ttt.questions` is a JSONL of code-environment problems (`sdpo_jax.data.from_livecodebench` rows):
 the paper's 19 "hard" questions (Qwen3-8B pass@64 < 0.5; Q9 dropped) or its 9 "very hard" ones
 (pass@64 < 0.03), with all tests.
