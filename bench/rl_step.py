@@ -3,7 +3,7 @@
     python bench/rl_step.py --size tiny --steps 3          # CPU smoke: seconds, not a benchmark
     python bench/rl_step.py --size qwen3-0.6b --steps 3    # GPU / TPU: the real size (bench/gpu.sh)
 
-Ours: `sdpo_jax.train.run(cfg)` with a config built here (nothing else of the loop is called): a
+Ours: `sdpo_jax.setup.train_from_config(cfg)` with a config built here (nothing else of the loop is called): a
 Qwen3-0.6B-shaped model with random weights (made with `models.init_params`, written in bf16 with
 `models.save_pretrained`, loaded by the loop from `model.path`; fp32 master weights + AdamW + an EMA
 teacher, bf16 compute, remat + layer scan, bf16 KV cache), the synthetic digit environment (a cheap,
@@ -55,7 +55,7 @@ import numpy as np  # noqa: E402
 
 from sdpo_jax import config as config_lib  # noqa: E402
 from sdpo_jax import data as data_lib  # noqa: E402
-from sdpo_jax import envs, models, sampling, train  # noqa: E402
+from sdpo_jax import envs, models, sampling, setup  # noqa: E402
 from sdpo_jax.tokenizer import apply_chat_template, load_tokenizer  # noqa: E402
 
 PAD_ID, EOS_ID = 0, 2  # the demo tokenizer's <|endoftext|> and <|im_end|>
@@ -180,21 +180,21 @@ def write_random_checkpoint(spec: dict, out_dir: str, layers: int | None) -> mod
 
 
 def run_ours(cfg) -> dict:
-    """train.run(cfg), its metric rows stamped; per-step wall = interval between consecutive rows."""
+    """setup.train_from_config(cfg), its metric rows stamped; per-step wall = interval between consecutive rows."""
     path = os.path.join(cfg.run_dir, "metrics.jsonl")
     error = None
     with RowStamper(path) as stamper:
         try:
-            code = train.run(cfg)
+            code = setup.train_from_config(cfg)
         except Exception as e:  # noqa: BLE001 - the rows already logged are still a measurement
             code, error = None, f"{type(e).__name__}: {e}"
     stamps = [stamp for stamp, _ in stamper.rows]
     rows = [row for _, row in stamper.rows]
     if error is not None:
-        print(f"  [rl_step] train.run raised after {len(rows)} logged steps: {error[:2000]}", flush=True)
+        print(f"  [rl_step] setup.train_from_config raised after {len(rows)} logged steps: {error[:2000]}", flush=True)
         if len(rows) < 2:
-            raise RuntimeError(f"train.run failed before two steps were logged: {error}")
-    # step 1's interval starts at train.run: it holds the set-up (model load, data) and the compiles
+            raise RuntimeError(f"setup.train_from_config failed before two steps were logged: {error}")
+    # step 1's interval starts at setup.train_from_config: it holds the set-up (model load, data) and the compiles
     walls = [b - a for a, b in zip([stamper.start] + stamps[:-1], stamps)]
     steps = []
     for row, wall in zip(rows, walls):

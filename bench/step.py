@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from sdpo_jax import batch as batch_lib  # noqa: E402
 from sdpo_jax import losses, models, train_step as ts  # noqa: E402
 
 SIZES = {
@@ -52,7 +53,7 @@ def random_batch(cfg, rows, prompt, completion, teacher_prompt, seed=0):
     ones = lambda n: np.ones((rows, n), np.int32)  # noqa: E731
     rewards = rng.integers(0, 2, size=rows).astype(np.float32)
     group = np.arange(rows) // max(rows // 2, 1)
-    return ts.RolloutBatch(
+    return batch_lib.RolloutBatch(
         prompt_ids=ids(prompt), prompt_mask=ones(prompt), completion_ids=ids(completion),
         completion_mask=ones(completion), teacher_prompt_ids=ids(teacher_prompt), teacher_prompt_mask=ones(teacher_prompt),
         sd_mask=np.ones(rows, np.float32), old_logprobs=np.full((rows, completion), -np.log(v), np.float32),
@@ -71,7 +72,7 @@ def time_steps(args, cfg):
                                    vocab_chunk=args.vocab_chunk)
         state = ts.init_train_state(cfg, settings, jax.tree.map(jnp.array, params), optimizer)
         step = ts.make_train_step(cfg, settings, optimizer)
-        dev_batch = jax.tree.map(jnp.asarray, ts.canonical_batch(batch))
+        dev_batch = jax.tree.map(jnp.asarray, batch_lib.check(batch))
         t0 = time.perf_counter()
         state, metrics = step(state, dev_batch)
         jax.block_until_ready(metrics)

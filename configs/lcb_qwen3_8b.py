@@ -1,4 +1,4 @@
-"""SDPO on LiveCodeBench v6 with rich feedback, Qwen3-8B: the paper's §4 run (SDPO_SPEC §8, LCBv6 column).
+"""SDPO on LiveCodeBench v6 with rich feedback, Qwen3-8B: the paper's §4 run (docs/ALGORITHM.md §8, LCBv6 column).
 
     python -m sdpo_jax.main --config=configs/lcb_qwen3_8b.py \
         --config.model.path=/ckpt/Qwen3-8B --config.tokenizer.path=/ckpt/Qwen3-8B \

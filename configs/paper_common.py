@@ -1,4 +1,4 @@
-"""Settings shared by the paper's Qwen3-8B experiment configs (SDPO_SPEC §8), written once.
+"""Settings shared by the paper's Qwen3-8B experiment configs (docs/ALGORITHM.md §8), written once.
 
 `qwen3_8b_paper_model(run_dir)`: the model, tokenizer, mesh, sampling and SDPO settings that every
 paper run shares, the test-time config (configs/ttt_lcb_qwen3_8b.py) included.

@@ -1,4 +1,4 @@
-"""SDPO on SciKnowEval science MCQ without rich feedback, Qwen3-8B: the paper's §3 run (SDPO_SPEC §8,
+"""SDPO on SciKnowEval science MCQ without rich feedback, Qwen3-8B: the paper's §3 run (docs/ALGORITHM.md §8,
 "no rich feedback" column). One run per domain (Chemistry, Physics, Biology, Material):
 
     python -m sdpo_jax.main --config=configs/science_qwen3_8b.py \

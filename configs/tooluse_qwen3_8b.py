@@ -1,4 +1,4 @@
-"""SDPO on ToolAlpaca tool use without rich feedback, Qwen3-8B: the paper's §3 run (SDPO_SPEC §8,
+"""SDPO on ToolAlpaca tool use without rich feedback, Qwen3-8B: the paper's §3 run (docs/ALGORITHM.md §8,
 "no rich feedback" column).
 
     python -m sdpo_jax.main --config=configs/tooluse_qwen3_8b.py \

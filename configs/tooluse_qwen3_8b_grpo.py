@@ -1,4 +1,4 @@
-"""The §3 tool-use GRPO baseline for configs/tooluse_qwen3_8b.py (SDPO_SPEC §5): same data, model,
+"""The §3 tool-use GRPO baseline for configs/tooluse_qwen3_8b.py (docs/ALGORITHM.md §5): same data, model,
 sampling, validation and hardware; scalar rewards only, no teacher.
 
     python -m sdpo_jax.main --config=configs/tooluse_qwen3_8b_grpo.py \

@@ -1,4 +1,4 @@
-"""Test-time SDPO as in the paper (§5, SDPO_SPEC §7-8): Qwen3-8B on hard LiveCodeBench v6 questions.
+"""Test-time SDPO as in the paper (§5, docs/ALGORITHM.md §7-8): Qwen3-8B on hard LiveCodeBench v6 questions.
 
     python -m sdpo_jax.ttt --config=configs/ttt_lcb_qwen3_8b.py \
         --config.model.path=/ckpt/Qwen3-8B --config.tokenizer.path=/ckpt/Qwen3-8B \

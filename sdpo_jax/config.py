@@ -16,6 +16,8 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from sdpo_jax import losses, teacher, train_step
+
 ConfigDict = ml_collections.ConfigDict
 
 # Fields that may legitimately hold None or several types: name -> allowed Python types.
@@ -187,7 +189,7 @@ def base_config() -> ConfigDict:
 
     c.logging = ConfigDict()
     c.logging.every = 1
-    # context/* metrics (student vs teacher p(right first answer token), train.context_metrics) every
+    # context/* metrics (student vs teacher p(right first answer token), context_probe.context_metrics) every
     # this many steps, for envs that know the answer; 0 = never. Five extra forward passes each time.
     c.logging.context_every = 10
     c.logging.tensorboard = True
@@ -208,11 +210,14 @@ def base_config() -> ConfigDict:
     return c
 
 
+def _choices() -> dict[str, tuple[Any, ...]]:
+    """Each choice field's values; the objectives, loss modes, aggregations and teacher kinds come from the
+    registries the code dispatches on (a teacher registered in `teacher.TEACHERS` is a valid teacher.kind)."""
+    return {**_CHOICES, "loss.objective": train_step.OBJECTIVES, "loss.mode": losses.MODES,
+            "loss.aggregation": losses.AGGREGATIONS, "teacher.kind": tuple(teacher.TEACHERS)}
+
+
 _CHOICES: dict[str, tuple[Any, ...]] = {
-    "loss.objective": ("sdpo", "grpo", "hybrid"),
-    "loss.mode": ("topk", "full", "token"),
-    "loss.aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum"),
-    "teacher.kind": ("ema", "trust_region", "frozen", "live"),
     "optim.schedule": ("constant", "cosine"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
@@ -293,7 +298,7 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
     The process count sets no constraint: every process holds the whole generation batch, so mini-batches
     and generation batches of any number of questions run on any number of hosts."""
     _check_schema(cfg, base_config())
-    for name, choices in _CHOICES.items():
+    for name, choices in _choices().items():
         value = _get(cfg, name)
         if value not in choices:
             raise ConfigError(f"config: {name}={value!r} is not one of {list(choices)}")

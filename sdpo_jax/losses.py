@@ -8,7 +8,7 @@ The per-token pieces (`category_logprobs_topk`, `divergence`, `token_weights`,
 `chunked_losses.py`, which computes the same per-token quantities from hidden states and the
 unembedding, vocabulary chunk by chunk, and must equal `distillation_loss` here.
 
-Semantics follow SDPO_SPEC §2 and §5:
+Semantics follow docs/ALGORITHM.md §2 and §5:
 - both distributions are softmax(logits / temperature);
 - `topk`: K indices from the student's current logits (no gradient through the indices), log-probs
   normalised over the full vocabulary, plus the tail bucket log(1 - sum p) computed stably, or
@@ -329,10 +329,10 @@ def grpo_loss(logprobs, old_logprobs, advantages, mask, *, clip_low=0.2, clip_hi
 
 
 def hybrid_loss(sdpo_loss: jax.Array, grpo_loss_value: jax.Array, hybrid_lambda: float) -> jax.Array:
-    """The paper's hybrid (SDPO_SPEC §5, Eq. 3): A = lambda A_GRPO + (1 - lambda) A_SDPO.
+    """The paper's hybrid (docs/ALGORITHM.md §5, Eq. 3): A = lambda A_GRPO + (1 - lambda) A_SDPO.
 
     Both terms are policy gradients with their own advantages (GRPO's on the sampled token, SDPO's on
-    every category, SDPO_SPEC §2.4), so mixing the advantages is mixing the two surrogate losses with
+    every category, docs/ALGORITHM.md §2.4), so mixing the advantages is mixing the two surrogate losses with
     the same aggregation: lambda = 1 is GRPO exactly, lambda = 0 is SDPO exactly."""
     return hybrid_lambda * grpo_loss_value + (1.0 - hybrid_lambda) * sdpo_loss
 

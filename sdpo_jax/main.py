@@ -2,7 +2,7 @@
 
 Order of business: parse and validate the whole config (clear errors before anything heavy), start
 `jax.distributed` on multi-process launches (this is its only caller), validate what depends on the
-device count, then hand over to `sdpo_jax.train.run`. Logs come from process 0 only.
+device count, then hand over to `sdpo_jax.setup` (which builds the run and runs `train.loop`). Logs come from process 0 only.
 """
 
 from __future__ import annotations
@@ -59,12 +59,12 @@ def main(argv: list[str]) -> int:
             print(f"error: {err}", file=sys.stderr)
         return 2
 
-    from sdpo_jax import train
+    from sdpo_jax import setup
 
     if _EXPORT_HF_ONLY.value:
-        train.export_hf_from_run(cfg, _EXPORT_HF_ONLY.value)
+        setup.export_hf_from_run(cfg, _EXPORT_HF_ONLY.value)
         return 0
-    return train.run(cfg)
+    return setup.train_from_config(cfg)
 
 
 def entry() -> None:

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sdpo_jax import compiled_calls, hlo_flops, sampling, sharding
+from sdpo_jax import batch as batch_lib
+from sdpo_jax import compiled_calls, hlo_flops, models, sampling, setup, sharding
 from sdpo_jax import train_step as ts
 from sdpo_jax.sampling_ops import SamplingSpec
 
@@ -119,14 +120,14 @@ def _abstract(shape, dtype, sharding_) -> jax.ShapeDtypeStruct:
 def abstract_train_state(model_cfg, settings, optimizer, mesh) -> ts.TrainState:
     """The TrainState as ShapeDtypeStructs in the loop's shardings (`train_step.train_state_shardings`)."""
     params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.dtype(model_cfg.param_dtype)),
-                          ts.models.param_shapes(model_cfg), is_leaf=lambda x: isinstance(x, tuple))
+                          models.param_shapes(model_cfg), is_leaf=lambda x: isinstance(x, tuple))
     shapes = jax.eval_shape(lambda p: ts.init_train_state(model_cfg, settings, p, optimizer), params)
     shardings = ts.train_state_shardings(model_cfg, settings, optimizer, mesh)
     return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, shardings)
 
 
 def abstract_decode_params(cfg, model_cfg, state, mesh):
-    """The weights `train.sample` decodes with: a compute-dtype copy without fsdp (rollout.decode_weights
+    """The weights `rollout.sample` decodes with: a compute-dtype copy without fsdp (rollout.decode_weights
     "gathered"), a compute-dtype copy in the parameters' sharding (bf16 compute of fp32 weights), or the
     train parameters themselves."""
     if cfg.rollout.decode_weights == "gathered":
@@ -151,20 +152,20 @@ def minibatch_layout(cfg, settings, mesh) -> dict[str, int]:
     """Rows per mini-batch (real and padded to data-parallel size x micro-batches) and mini-batches per step."""
     groups = cfg.optim.minibatch_prompts or cfg.data.prompts_per_step
     real = groups * cfg.rollout.n
-    multiple = ts.data_parallel_size(mesh) * settings.micro_batches
+    multiple = batch_lib.data_parallel_size(mesh) * settings.micro_batches
     return {"rows": real, "padded_rows": -(-real // multiple) * multiple,
             "minibatches": cfg.data.prompts_per_step // groups}
 
 
-def abstract_minibatch(rows: int, widths: dict[str, int], mesh) -> ts.RolloutBatch:
+def abstract_minibatch(rows: int, widths: dict[str, int], mesh) -> batch_lib.RolloutBatch:
     lengths = dict(prompt_ids=widths["prompt"], prompt_mask=widths["prompt"], teacher_prompt_ids=widths["teacher_prompt"],
                    teacher_prompt_mask=widths["teacher_prompt"])
     fields = {}
-    for name in ts.RolloutBatch._fields:
-        ndim = ts._FIELD_NDIM[name]
+    for name in batch_lib.RolloutBatch._fields:
+        ndim = batch_lib.FIELD_NDIM[name]
         shape = (rows,) if ndim == 1 else (rows, lengths.get(name, widths["completion"]))
-        fields[name] = _abstract(shape, ts._FIELD_DTYPES[name], sharding.batch_sharding(mesh, ndim))
-    return ts.RolloutBatch(**fields)
+        fields[name] = _abstract(shape, batch_lib.FIELD_DTYPES[name], sharding.batch_sharding(mesh, ndim))
+    return batch_lib.RolloutBatch(**fields)
 
 
 # ---------------------------------------------------------------------------------------------- programs
@@ -206,9 +207,7 @@ def run_programs(cfg, model_cfg, mesh, *, eval_questions: int | None = None,
     wanted (its outputs are the decode's arguments). eval_questions: the evaluation set's size (default
     data.eval_prompts); only: these program names (default all)."""
     wanted = set(compiled_calls.PROGRAM_NAMES if only is None else only)
-    from sdpo_jax import train  # the loop's own settings and optimizer
-
-    settings, optimizer = train.step_settings(cfg), train.make_optimizer(cfg)
+    settings, optimizer = setup.step_settings(cfg), setup.make_optimizer(cfg)
     state = abstract_train_state(model_cfg, settings, optimizer, mesh)
     vocab = model_cfg.vocab_size
     rollout_spec = SamplingSpec(float(cfg.rollout.temperature), int(cfg.rollout.top_k),
@@ -223,16 +222,14 @@ def run_programs(cfg, model_cfg, mesh, *, eval_questions: int | None = None,
     minibatch = abstract_minibatch(layout["padded_rows"], buckets_used(cfg), mesh)
     count = layout["minibatches"]
     others = [minibatch] * (count - 1)  # split_minibatches places every mini-batch of the step at once
+    step = ts.make_train_step(model_cfg, settings, optimizer, mesh)  # the loop's own three programs
     if not settings.old_logprobs_from_step:
-        statics = ts.old_logprobs_statics(model_cfg, settings, settings.micro_batches)
-        programs.append(Program("old_logprobs", ts._old_logprobs_fn(**statics), (), (state.params, minibatch), {},
-                                statics, float(count), (state._replace(params=None), others)))
-    step = ts.make_train_step(model_cfg, settings, optimizer, mesh)
+        programs.append(Program("old_logprobs", step.old_logprobs, (), (state.params, minibatch), {},
+                                {}, float(count), (state._replace(params=None), others)))
     programs.append(Program("train_step", step.jitted, (), (state, minibatch), {}, {}, float(count), others))
-    if settings.teacher_kind == "ema":
-        programs.append(Program("teacher_update", ts._ema_fn(settings.ema_rate), (), (state.teacher_params, state.params),
-                                {}, dict(rate=settings.ema_rate), 1.0,
-                                (state._replace(params=None, teacher_params=None), others + [minibatch])))
+    if step.teacher_update is not None:
+        programs.append(Program("teacher_update", step.teacher_update, (), (state.teacher_params, state.params),
+                                {}, {}, 1.0, (state._replace(params=None, teacher_params=None), others + [minibatch])))
 
     questions = cfg.data.eval_prompts if eval_questions is None else eval_questions
     if cfg.eval.every and questions and wanted & {"eval_prefill", "eval_decode"}:
@@ -255,9 +252,7 @@ def ttt_programs(cfg, model_cfg, mesh, *, questions: int, only: set[str] | None 
     t = cfg.ttt
     wanted = set(compiled_calls.PROGRAM_NAMES if only is None else only)
     programs = run_programs(cfg, model_cfg, mesh, only=wanted)
-    from sdpo_jax import train
-
-    settings, optimizer = train.step_settings(cfg), train.make_optimizer(cfg)
+    settings, optimizer = setup.step_settings(cfg), setup.make_optimizer(cfg)
     state = abstract_train_state(model_cfg, settings, optimizer, mesh)
     spec = SamplingSpec(float(cfg.rollout.temperature), int(cfg.rollout.top_k),
                         float(cfg.rollout.top_p)).validate(model_cfg.vocab_size)

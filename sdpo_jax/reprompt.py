@@ -1,4 +1,4 @@
-"""Reprompting: the teacher prompt of every sample (SDPO_SPEC §3; official `ray_trainer.py`).
+"""Reprompting: the teacher prompt of every sample (docs/ALGORITHM.md §3; official `ray_trainer.py`).
 
 For sample i of a generation batch:
   * a sibling counts as successful when its reward >= `success_threshold`; the demonstration is the
@@ -48,6 +48,20 @@ class TeacherPrompts:
     num_trimmed: int = 0  # samples whose demonstration / feedback text was shortened to fit max_len
     texts: list[str] = field(default_factory=list)  # the new user turn's text per sample
     contexts: list[str] = field(default_factory=list)  # per sample: "solution", "feedback" or "none"
+
+
+@dataclass(frozen=True)
+class RepromptSettings:
+    """The keyword settings of `build_teacher_prompts` a run fixes (config reprompt.*, tokenizer.enable_thinking;
+    max_len None = no limit)."""
+    success_threshold: float
+    dont_reprompt_on_self_success: bool
+    remove_thinking: bool
+    include_feedback: bool
+    include_solution: bool
+    feedback_only_without_solution: bool
+    enable_thinking: bool
+    max_len: int
 
 
 def strip_thinking(text: str) -> str:

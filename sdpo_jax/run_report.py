@@ -48,19 +48,18 @@ class Verdict:
     missed: bool  # eval.min_gain_points was set and not reached
 
 
-def judge_gain(cfg, *, completed: bool) -> Verdict:
-    """Evaluation accuracy at the first and the last evaluation of the run (metrics.jsonl), and the verdict
-    on `eval.min_gain_points`: judged only when the run completed train.steps with at least two
-    evaluations, otherwise "no verdict" (and the exit code stays as it is)."""
-    path = os.path.join(cfg.run_dir, "metrics.jsonl")
+def judge_gain(run_dir: str, objective: str, floor: float | None, *, completed: bool) -> Verdict:
+    """Evaluation accuracy at the first and the last evaluation of the run (run_dir/metrics.jsonl), and the
+    verdict on `floor` (eval.min_gain_points; None: none): judged only when the run completed train.steps
+    with at least two evaluations, otherwise "no verdict" (and the exit code stays as it is)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
     evals = [r for r in read_jsonl(path) if "eval/accuracy" in r] if os.path.isfile(path) else []
-    floor = cfg.eval.min_gain_points
     if len(evals) < 2:
-        return Verdict(f"eval accuracy ({cfg.loss.objective}): fewer than two evaluations"
+        return Verdict(f"eval accuracy ({objective}): fewer than two evaluations"
                        + ("; no verdict on eval.min_gain_points" if floor is not None else ""), False)
     first, last = evals[0], evals[-1]
     gain = 100 * (last["eval/accuracy"] - first["eval/accuracy"])
-    line = (f"eval accuracy ({cfg.loss.objective}): {first['eval/accuracy']:.3f} at {first['generations']} generations "
+    line = (f"eval accuracy ({objective}): {first['eval/accuracy']:.3f} at {first['generations']} generations "
             f"-> {last['eval/accuracy']:.3f} at {last['generations']} generations ({gain:+.1f} points)")
     if floor is None:
         return Verdict(line, False)

@@ -3,7 +3,7 @@ decode over a preallocated, donated KV cache.
 
     out = generate(cfg, params, prompts, max_new_tokens=256, eos_ids=[2], n=8, rng=0)
 
-Layout (DESIGN.md, "Generation"): row r of every output is prompt r // n, sample r % n. `tokens`
+Layout (docs/ARCHITECTURE.md, "Generation"): row r of every output is prompt r // n, sample r % n. `tokens`
 [B·n, C] int32 holds the completion, the stop token included, then `pad_id`; `logprobs` [B·n, C]
 fp32 holds log_softmax(z / T)[token] over the FULL vocabulary (0 on padding; greedy uses T = 1) —
 the quantity the trainer recomputes from its own forward for the importance ratio. With top-k/top-p
@@ -144,25 +144,26 @@ def _constrain(tree, sharding):
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
-def decode_params(cfg, params, mesh, dtype=jnp.bfloat16):
-    """A copy of the weights for decoding: floating leaves cast to `dtype`, `fsdp` removed from
-    every sharding (kept on `tensor`), so the decode loop does no per-step all-gather of weights.
-    Made once per generation batch; its size is `tree_nbytes(result)`. With mesh=None only the
-    cast happens.
-    """
-    def cast(x):
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+def decode_weights_program(cfg, mesh, *, gathered: bool):
+    """The jitted copy of the weights `generate` reads, made once: floating leaves cast to `cfg.compute_dtype`,
+    and with `gathered` the `fsdp` axis dropped from every sharding (kept on `tensor`), so the decode loop
+    does no per-step all-gather of weights; its size is `tree_nbytes(result)`. None when no copy is needed
+    (not gathered, and the parameters are already in the compute dtype)."""
+    dtype = jnp.dtype(cfg.compute_dtype)
+    if not gathered and dtype == jnp.dtype(cfg.param_dtype):
+        return None
 
-    if mesh is None:
-        return jax.jit(lambda p: jax.tree.map(cast, p))(params)
-    return jax.jit(lambda p: jax.tree.map(cast, p), out_shardings=decode_param_shardings(cfg, mesh))(params)
+    def cast(params):
+        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
+
+    if gathered and mesh is not None:
+        return jax.jit(cast, out_shardings=decode_param_shardings(cfg, mesh))
+    return jax.jit(cast)
 
 
 def decode_param_shardings(cfg, mesh):
     """The parameter shardings with the `fsdp` axis dropped (kept on `tensor`): the layout of
-    `decode_params(cfg, params, mesh)`."""
-    from sdpo_jax.sharding import param_shardings
-
+    `decode_weights_program(cfg, mesh, gathered=True)`."""
     def without_fsdp(sharding):
         def drop(entry):
             if entry == "fsdp":
@@ -173,7 +174,7 @@ def decode_param_shardings(cfg, mesh):
             return entry
         return NamedSharding(sharding.mesh, PartitionSpec(*[drop(e) for e in sharding.spec]))
 
-    return jax.tree.map(without_fsdp, param_shardings(cfg, mesh))
+    return jax.tree.map(without_fsdp, models.param_shardings(cfg, mesh))
 
 
 def tree_nbytes(tree) -> dict:
@@ -306,7 +307,7 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     temperature=0 is greedy. eos_ids may hold several stop ids (or none: fixed-length runs).
     rng: an int seed or a jax PRNG key; the result is a deterministic function of it. With `mesh`,
     rows are split over ("data", "fsdp") and params must already be placed on that mesh
-    (`sharding.shard_params` or `decode_params`); B·n is padded with copies of prompt 0 up to a
+    (`sharding.shard_params` or `decode_weights_program`); B·n is padded with copies of prompt 0 up to a
     multiple of the row parallelism and the extra rows are dropped. cache_dtype defaults to
     cfg.compute_dtype; pad_id to cfg.pad_token_id (0 when unset). See the module docstring for the
     output layout and the exact meaning of the log-probs.

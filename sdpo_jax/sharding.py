@@ -1,5 +1,7 @@
 """Device mesh, logical-axis rules, and the shardings of parameters and batches.
 
+Parameter shardings come from the model's logical-axis table (`models.param_shardings`).
+
 Mesh axes: `data` (pure data parallel, parameters replicated), `fsdp` (data parallel with
 parameters sharded along their `embed` dimension), `tensor` (heads / MLP / vocabulary split).
 
@@ -13,6 +15,7 @@ without a mesh context they are no-ops and the jit's in/out shardings decide the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from typing import Any
@@ -91,23 +94,6 @@ def logical_to_spec(logical_axes: tuple, shape: tuple, mesh_shape: dict[str, int
     return P(*spec)
 
 
-def param_specs(cfg, mesh: Mesh) -> Any:
-    """Tree of PartitionSpecs for the parameters of `cfg` on `mesh`."""
-    from sdpo_jax.models import transformer  # local import: models import this module
-
-    axes = transformer.param_logical_axes(cfg)
-    shapes = transformer.param_shapes(cfg)
-    mesh_shape = dict(mesh.shape)
-    return jax.tree.map(lambda a, s: logical_to_spec(a, s, mesh_shape), axes, shapes,
-                        is_leaf=lambda x: isinstance(x, tuple))
-
-
-def param_shardings(cfg, mesh: Mesh) -> Any:
-    """Tree of `NamedSharding`s, the same structure as `init_params(cfg, ...)`."""
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(cfg, mesh),
-                        is_leaf=lambda x: isinstance(x, P))
-
-
 def batch_sharding(mesh: Mesh, ndim: int, batch_size: int | None = None) -> NamedSharding:
     """Leading (batch) dim over ('data', 'fsdp'), the rest replicated. With `batch_size`, axes that
     do not divide it are dropped (as for parameters)."""
@@ -116,6 +102,11 @@ def batch_sharding(mesh: Mesh, ndim: int, batch_size: int | None = None) -> Name
     spec = logical_to_spec(("batch",) + (None,) * (ndim - 1), (batch_size,) + (1,) * (ndim - 1),
                            dict(mesh.shape))
     return NamedSharding(mesh, spec)
+
+
+def use_mesh(mesh: Mesh | None):
+    """`jax.set_mesh(mesh)` (the model's activation constraints apply under it), or no context for None."""
+    return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
 def shard_params(params: Any, shardings: Any) -> Any:

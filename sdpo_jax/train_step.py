@@ -3,8 +3,8 @@
     settings = StepSettings(objective="sdpo", loss_mode="topk", topk=100, alpha=0.5, teacher_kind="ema")
     optimizer = make_optimizer(lr=1e-5, warmup_steps=10)
     state = init_train_state(model_cfg, settings, params, optimizer, mesh)
-    step = make_train_step(model_cfg, settings, optimizer, mesh)
-    state, metrics = update_on_generation_batch(step, model_cfg, settings, state, rollout_batch, mesh=mesh)
+    step = make_train_step(model_cfg, settings, optimizer, mesh)  # the step's three jitted programs
+    state, metrics = update_on_generation_batch(step, state, rollout_batch)
 
 One optimizer step (`make_train_step`): for each micro-batch, the student's hidden states on
 [prompt | completion] (with gradient) and the teacher's on [teacher prompt | completion] (no gradient),
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -32,43 +31,11 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sdpo_jax import chunked_losses, compiled_calls, losses, models, sharding, teacher
-from sdpo_jax.losses import compute_grpo_advantages  # noqa: F401  (re-exported for the train loop)
+from sdpo_jax import chunked_losses, compiled_calls, losses, models, sharding
+from sdpo_jax import teacher as teacher_lib
+from sdpo_jax.batch import RolloutBatch, data_parallel_size, shardings as batch_shardings, split_minibatches
 
 OBJECTIVES = ("sdpo", "grpo", "hybrid")
-
-
-class RolloutBatch(NamedTuple):
-    """What the train step consumes (N = prompts x n rows; DESIGN.md "RolloutBatch").
-
-    prompt_ids / prompt_mask [N, P] left-padded; completion_ids / completion_mask [N, C] right-padded;
-    teacher_prompt_ids / teacher_prompt_mask [N, P_T] left-padded; sd_mask [N] (1 = has teacher context);
-    old_logprobs [N, C] (filled by `compute_old_logprobs`); sampler_logprobs [N, C] (the sampler's, for
-    rollout TIS); rewards [N]; group_ids [N]; advantages [N] (GRPO, from `compute_grpo_advantages`);
-    row_weight [N] (None = ones; 0 marks padding rows that must not count anywhere)."""
-    prompt_ids: Any
-    prompt_mask: Any
-    completion_ids: Any
-    completion_mask: Any
-    teacher_prompt_ids: Any
-    teacher_prompt_mask: Any
-    sd_mask: Any
-    old_logprobs: Any
-    sampler_logprobs: Any
-    rewards: Any
-    group_ids: Any
-    advantages: Any
-    row_weight: Any = None
-
-
-_FIELD_DTYPES = dict(prompt_ids=jnp.int32, prompt_mask=jnp.int32, completion_ids=jnp.int32,
-                     completion_mask=jnp.int32, teacher_prompt_ids=jnp.int32, teacher_prompt_mask=jnp.int32,
-                     sd_mask=jnp.float32, old_logprobs=jnp.float32, sampler_logprobs=jnp.float32,
-                     rewards=jnp.float32, group_ids=jnp.int32, advantages=jnp.float32, row_weight=jnp.float32)
-
-
-_PER_ROW_FIELDS = ("sd_mask", "rewards", "group_ids", "advantages", "row_weight")  # [N]; the others are [N, L]
-_FIELD_NDIM = {f: 1 if f in _PER_ROW_FIELDS else 2 for f in _FIELD_DTYPES}
 
 
 class TrainState(NamedTuple):
@@ -96,8 +63,8 @@ class StepSettings:
     vocab_chunk: vocabulary columns per chunk; seq_chunk: at most this many tokens (of a micro-batch's
     flattened B*T) per logits block, so a block is at most seq_chunk x vocab_chunk fp32 (None/0 = all
     tokens at once); micro_batches: gradient-accumulation splits of a mini-batch; minibatch_groups: whole groups
-    (questions) per optimizer step (0 = the whole generation batch); skip_nonfinite: skip updates whose
-    loss or gradient norm is not finite. old_logprobs_from_step: one optimizer step per generation batch
+    (questions) per optimizer step (0 = the whole generation batch); an update whose loss or gradient norm is
+    not finite is always skipped. old_logprobs_from_step: one optimizer step per generation batch
     (on-policy), so pi_old is the current policy: the step uses stop_gradient of its own log-probs and
     `update_on_generation_batch` skips the separate old-log-prob forward (TRL does the same)."""
     objective: str = "sdpo"
@@ -122,7 +89,6 @@ class StepSettings:
     seq_chunk: int | None = 4096
     micro_batches: int = 1
     minibatch_groups: int = 0
-    skip_nonfinite: bool = True
     old_logprobs_from_step: bool = False
 
     def __post_init__(self):
@@ -134,7 +100,7 @@ class StepSettings:
                                       adv_clip=self.adv_clip)
         elif self.aggregation not in losses.AGGREGATIONS:
             raise ValueError(f"loss.aggregation={self.aggregation!r} is not one of {losses.AGGREGATIONS}")
-        teacher.check_kind(self.teacher_kind)
+        teacher_lib.make(self.teacher_kind)  # ValueError naming teacher.kind and the registered kinds
         if not 0.0 <= self.hybrid_lambda <= 1.0:
             raise ValueError(f"loss.hybrid_lambda={self.hybrid_lambda} must be in [0, 1]")
         if not 0.0 <= self.ema_rate <= 1.0 or not 0.0 <= self.trust_region_mix <= 1.0:
@@ -143,6 +109,10 @@ class StepSettings:
         if self.micro_batches < 1 or self.minibatch_groups < 0 or self.vocab_chunk < 1:
             raise ValueError(f"optim.micro_batches={self.micro_batches} must be >= 1, optim.minibatch_prompts="
                              f"{self.minibatch_groups} >= 0, loss.vocab_chunk={self.vocab_chunk} >= 1")
+
+    @property
+    def teacher(self) -> teacher_lib.Teacher:
+        return teacher_lib.make(self.teacher_kind, rate=self.ema_rate, mix=self.trust_region_mix)
 
     @property
     def uses_sdpo(self) -> bool:
@@ -191,68 +161,23 @@ def _abstract_params(model_cfg):
 def train_state_shardings(model_cfg, settings: StepSettings, optimizer, mesh) -> TrainState:
     """TrainState of NamedShardings: parameters (and the teacher, same layout) by the sharding rules,
     the optimizer's moments like the parameters, its counters and the step replicated."""
-    param_sh = sharding.param_shardings(model_cfg, mesh)
+    param_sh = models.param_shardings(model_cfg, mesh)
     replicated = NamedSharding(mesh, P())
     opt_abstract = jax.eval_shape(optimizer.init, _abstract_params(model_cfg))
     opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abstract, param_sh,
                                    transform_non_params=lambda _: replicated)
-    teacher_sh = None if settings.teacher_kind == "live" else param_sh
+    teacher_sh = param_sh if settings.teacher.owns_params else None
     return TrainState(param_sh, opt_sh, teacher_sh, replicated)
 
 
 def init_train_state(model_cfg, settings: StepSettings, params, optimizer, mesh=None) -> TrainState:
     """params (consumed: they become `state.params`), a fresh optimizer state, the teacher's parameters
-    (`teacher.init_teacher_params`) and step 0; placed by `train_state_shardings` when a mesh is given."""
-    state = TrainState(params, optimizer.init(params), teacher.init_teacher_params(settings.teacher_kind, params),
+    (`Teacher.init_params`) and step 0; placed by `train_state_shardings` when a mesh is given."""
+    state = TrainState(params, optimizer.init(params), settings.teacher.init_params(params),
                        jnp.zeros((), jnp.int32))
     if mesh is not None:
         state = jax.device_put(state, train_state_shardings(model_cfg, settings, optimizer, mesh))
     return state
-
-
-# ----------------------------------------------------------------------------- batch helpers
-
-
-def data_parallel_size(mesh) -> int:
-    return 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
-
-
-def canonical_batch(batch: RolloutBatch) -> RolloutBatch:
-    """Fixed dtypes (one compile per shape), row_weight filled with ones, shapes checked."""
-    if batch.row_weight is None:
-        batch = batch._replace(row_weight=np.ones(np.shape(batch.rewards)[0], np.float32))
-    fields = {}
-    for name, dtype in _FIELD_DTYPES.items():
-        x = getattr(batch, name)
-        if x is None:
-            raise ValueError(f"RolloutBatch.{name} is None; every field is required (row_weight may be None)")
-        fields[name] = x.astype(dtype) if getattr(x, "dtype", None) != dtype else x
-    out = RolloutBatch(**fields)
-    n = out.rewards.shape[0]
-    c = out.completion_ids.shape
-    expect = dict(prompt_mask=out.prompt_ids.shape, completion_mask=c, old_logprobs=c, sampler_logprobs=c,
-                  teacher_prompt_mask=out.teacher_prompt_ids.shape, sd_mask=(n,), group_ids=(n,), advantages=(n,),
-                  row_weight=(n,))
-    for name, shape in expect.items():
-        if tuple(getattr(out, name).shape) != tuple(shape):
-            raise ValueError(f"RolloutBatch.{name} has shape {tuple(getattr(out, name).shape)}, expected {tuple(shape)}")
-    for name in ("prompt_ids", "completion_ids", "teacher_prompt_ids"):
-        x = getattr(out, name)
-        if x.ndim != 2 or x.shape[0] != n or x.shape[1] < 1:
-            raise ValueError(f"RolloutBatch.{name} has shape {tuple(x.shape)}, expected [N={n}, >= 1]")
-    return out
-
-
-def _batch_shardings(mesh, batch: RolloutBatch) -> RolloutBatch:
-    return RolloutBatch(*[sharding.batch_sharding(mesh, np.ndim(x)) for x in batch])
-
-
-def _put(batch: RolloutBatch, mesh) -> RolloutBatch:
-    """Host rows onto the mesh, rows over ('data', 'fsdp'); on several processes every process holds the
-    whole batch and feeds its own devices' rows."""
-    if mesh is None:
-        return jax.tree.map(jnp.asarray, batch)
-    return jax.tree.map(sharding.global_from_host, batch, _batch_shardings(mesh, batch))
 
 
 # ----------------------------------------------------------------------------- the loss of one micro-batch
@@ -276,8 +201,7 @@ def token_quantities_for_batch(model_cfg, settings: StepSettings, params, teache
     if need_teacher:
         t_ids, t_mask, t_cols = _rows_and_columns(mb.teacher_prompt_ids, mb.teacher_prompt_mask, mb.completion_ids,
                                                   mb.completion_mask)
-        t_h, t_w = teacher.teacher_hidden_terms(model_cfg, settings.teacher_kind, params, teacher_params, t_ids,
-                                                t_mask, mix=settings.trust_region_mix, positions=t_cols)
+        t_h, t_w = settings.teacher.hidden_terms(model_cfg, params, teacher_params, t_ids, t_mask, positions=t_cols)
     return chunked_losses.token_quantities(
         h_s, w_s, t_h, t_w, mb.completion_ids, mode=settings.loss_mode, topk=settings.topk or 0,
         add_tail=settings.add_tail, alpha=settings.alpha, temperature=settings.temperature,
@@ -345,197 +269,141 @@ def _split_micro(x, m: int):
     return jnp.swapaxes(x.reshape((x.shape[0] // m, m) + x.shape[1:]), 0, 1)
 
 
-def make_train_step(model_cfg, settings: StepSettings, optimizer, mesh=None):
-    """`step(state, batch) -> (state, metrics)`: one optimizer step on one mini-batch (RolloutBatch with
-    old_logprobs filled). One `jax.jit` with in/out shardings from `train_state_shardings` and
-    `batch_sharding`, the state donated. Rows must be a multiple of data-parallel size x micro_batches.
-    `step.jitted` is the underlying jitted function (for `.lower(...)`)."""
-    m = settings.micro_batches
-    param_sh = sharding.param_shardings(model_cfg, mesh) if mesh is not None else None
+class TrainStep:
+    """The update's three jitted programs, made once (`make_train_step`), each with its in / out shardings
+    and donation at its `jax.jit`:
 
-    def step_fn(state: TrainState, batch: RolloutBatch):
-        cm = batch.completion_mask.astype(jnp.float32)
-        sd_m = cm * batch.sd_mask[:, None]
-        dens = {"sd": losses.aggregation_denominators(sd_m, batch.row_weight),
-                "pg": losses.aggregation_denominators(cm, batch.row_weight)}
-        grad_fn = jax.value_and_grad(
-            lambda p, mb: _micro_loss(model_cfg, settings, p, state.teacher_params, mb, dens), has_aux=True)
-        if m == 1:
-            (loss, sums), grads = grad_fn(state.params, batch)
-        else:
-            micro = jax.tree.map(lambda x: _split_micro(x, m), batch)
+    - `jitted(state, batch) -> (state, metrics)`: one optimizer step on one mini-batch (old_logprobs filled),
+      the state donated; rows must be a multiple of data-parallel size x micro_batches;
+    - `old_logprobs(params, batch) -> [N, C]`: log pi(y_t) at the rollout temperature (0 on padding),
+      chunked like the step (no [N, C, V]), `micro_batches` row chunks at a time when they divide N;
+    - `teacher_update(teacher_params, params) -> teacher_params` (None when the teacher never moves), the
+      teacher's parameters donated.
+    Calling the object runs one optimizer step under the mesh."""
 
-            def body(carry, mb):
-                (loss_i, sums_i), grads_i = grad_fn(state.params, mb)
-                loss_acc, sums_acc, grads_acc = carry
-                grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads_i)
-                if param_sh is not None:
-                    grads_acc = jax.lax.with_sharding_constraint(grads_acc, param_sh)
-                return (loss_acc + loss_i, jax.tree.map(jnp.add, sums_acc, sums_i), grads_acc), None
-
-            zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-            zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro))[0][1]))
-            (loss, sums, grads), _ = jax.lax.scan(body, (jnp.float32(0.0), zero_sums, zero_grads), micro)
-            grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        if settings.skip_nonfinite:
-            keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-            new_params, new_opt = keep(new_params, state.params), keep(new_opt, state.opt_state)
-            applied = finite
-        else:
-            applied = jnp.bool_(True)
-        new_state = TrainState(new_params, new_opt, state.teacher_params, state.step + applied.astype(jnp.int32))
-        return new_state, _finalize(sums, loss, grad_norm, ~applied, settings)
-
-    if mesh is None:
-        jitted = jax.jit(step_fn, donate_argnums=(0,))
-    else:
-        state_sh = train_state_shardings(model_cfg, settings, optimizer, mesh)
-        replicated = NamedSharding(mesh, P())
-        batch_sh = RolloutBatch(*[sharding.batch_sharding(mesh, _FIELD_NDIM[f]) for f in RolloutBatch._fields])
-        jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                         donate_argnums=(0,))
-    dp = data_parallel_size(mesh)
-
-    def step(state: TrainState, batch: RolloutBatch):
-        batch = canonical_batch(batch)
-        rows = batch.rewards.shape[0]
-        if rows % (dp * m):
-            raise ValueError(f"train step: {rows} rows is not a multiple of data-parallel size {dp} x "
-                             f"micro_batches {m}; pad with zero-weight rows (update_on_generation_batch does)")
-        compiled_calls.note("train_step", (state, batch))
+    def __init__(self, model_cfg, settings: StepSettings, optimizer, mesh=None):
+        self.model_cfg, self.settings, self.mesh = model_cfg, settings, mesh
+        m = settings.micro_batches
+        step_fn = functools.partial(_step, model_cfg, settings, optimizer,
+                                    models.param_shardings(model_cfg, mesh) if mesh is not None else None)
+        old_fn = functools.partial(_old_logprobs, model_cfg, settings)
+        teacher = settings.teacher
+        update_fn = teacher.update if teacher.updates else None
         if mesh is None:
-            return jitted(state, batch)
-        with jax.set_mesh(mesh):
-            return jitted(state, batch)
+            self.jitted = jax.jit(step_fn, donate_argnums=(0,))
+            self.old_logprobs = jax.jit(old_fn)
+            self.teacher_update = update_fn and jax.jit(update_fn, donate_argnums=(0,))
+        else:
+            state_sh = train_state_shardings(model_cfg, settings, optimizer, mesh)
+            batch_sh, replicated = batch_shardings(mesh), NamedSharding(mesh, P())
+            self.jitted = jax.jit(step_fn, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                                  donate_argnums=(0,))
+            self.old_logprobs = jax.jit(old_fn, in_shardings=(state_sh.params, batch_sh),
+                                        out_shardings=sharding.batch_sharding(mesh, 2))
+            self.teacher_update = update_fn and jax.jit(
+                update_fn, in_shardings=(state_sh.teacher_params, state_sh.params),
+                out_shardings=state_sh.teacher_params, donate_argnums=(0,))
+        self.rows_multiple = data_parallel_size(mesh) * m
 
-    step.jitted = jitted
-    step.mesh = mesh
-    return step
+    def __call__(self, state: TrainState, batch: RolloutBatch):
+        rows = batch.rewards.shape[0]
+        if rows % self.rows_multiple:
+            raise ValueError(f"train step: {rows} rows is not a multiple of data-parallel size x micro_batches = "
+                             f"{self.rows_multiple}; pad with zero-weight rows (batch.split_minibatches does)")
+        compiled_calls.note("train_step", (state, batch))
+        with sharding.use_mesh(self.mesh):
+            return self.jitted(state, batch)
 
 
-# ----------------------------------------------------------------------------- old log-probs
+def make_train_step(model_cfg, settings: StepSettings, optimizer, mesh=None) -> TrainStep:
+    """The `TrainStep` (its three jitted programs) for this model, settings, optimizer and mesh."""
+    return TrainStep(model_cfg, settings, optimizer, mesh)
 
 
-def old_logprobs_statics(model_cfg, settings: StepSettings, micro: int) -> dict:
-    """The static arguments of `_old_logprobs_fn` (one compiled program per distinct value)."""
-    return dict(model_cfg=model_cfg, temperature=settings.temperature, vocab_chunk=settings.vocab_chunk,
-                seq_chunk=settings.seq_chunk, micro=micro)
+def _step(model_cfg, settings: StepSettings, optimizer, param_sh, state: TrainState, batch: RolloutBatch):
+    """One optimizer step (the body of `TrainStep.jitted`)."""
+    m = settings.micro_batches
+    cm = batch.completion_mask.astype(jnp.float32)
+    sd_m = cm * batch.sd_mask[:, None]
+    dens = {"sd": losses.aggregation_denominators(sd_m, batch.row_weight),
+            "pg": losses.aggregation_denominators(cm, batch.row_weight)}
+    grad_fn = jax.value_and_grad(
+        lambda p, mb: _micro_loss(model_cfg, settings, p, state.teacher_params, mb, dens), has_aux=True)
+    if m == 1:
+        (loss, sums), grads = grad_fn(state.params, batch)
+    else:
+        micro = jax.tree.map(lambda x: _split_micro(x, m), batch)
+
+        def body(carry, mb):
+            (loss_i, sums_i), grads_i = grad_fn(state.params, mb)
+            loss_acc, sums_acc, grads_acc = carry
+            grads_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grads_acc, grads_i)
+            if param_sh is not None:
+                grads_acc = jax.lax.with_sharding_constraint(grads_acc, param_sh)
+            return (loss_acc + loss_i, jax.tree.map(jnp.add, sums_acc, sums_i), grads_acc), None
+
+        zero_grads = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        zero_sums = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+            lambda: grad_fn(state.params, jax.tree.map(lambda x: x[0], micro))[0][1]))
+        (loss, sums, grads), _ = jax.lax.scan(body, (jnp.float32(0.0), zero_sums, zero_grads), micro)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    new_params, new_opt = keep(new_params, state.params), keep(new_opt, state.opt_state)
+    new_state = TrainState(new_params, new_opt, state.teacher_params, state.step + finite.astype(jnp.int32))
+    return new_state, _finalize(sums, loss, grad_norm, ~finite, settings)
 
 
-@functools.lru_cache(maxsize=32)
-def _old_logprobs_fn(model_cfg, temperature: float, vocab_chunk: int, seq_chunk, micro: int):
-    settings = StepSettings(objective="grpo", temperature=temperature, vocab_chunk=vocab_chunk, seq_chunk=seq_chunk)
+def _old_logprobs(model_cfg, settings: StepSettings, params, batch: RolloutBatch):
+    """The body of `TrainStep.old_logprobs` (micro-batches when they divide the rows, else one pass)."""
+    micro = settings.micro_batches if batch.rewards.shape[0] % settings.micro_batches == 0 else 1
 
-    def rows_logprobs(params, mb: RolloutBatch):
+    def rows_logprobs(mb: RolloutBatch):
         q = token_quantities_for_batch(model_cfg, settings, params, None, mb, need_teacher=False)
         return q["ls_y"] * mb.completion_mask.astype(jnp.float32)
 
-    def fn(params, batch: RolloutBatch):
-        if micro == 1:
-            return rows_logprobs(params, batch)
-        out = jax.lax.map(lambda mb: rows_logprobs(params, mb), jax.tree.map(lambda x: _split_micro(x, micro), batch))
-        return jnp.swapaxes(out, 0, 1).reshape(batch.completion_ids.shape)
-
-    return jax.jit(fn)
-
-
-def compute_old_logprobs(model_cfg, settings: StepSettings, params, batch: RolloutBatch, mesh=None) -> jax.Array:
-    """log pi(y_t) [N, C] at the rollout temperature under `params` (0 on padding), jitted and chunked
-    like the step (no [N, C, V]), `settings.micro_batches` row chunks at a time when they divide N."""
-    batch = canonical_batch(batch)
-    n = batch.rewards.shape[0]
-    micro = settings.micro_batches if n % settings.micro_batches == 0 else 1
-    statics = old_logprobs_statics(model_cfg, settings, micro)
-    fn = _old_logprobs_fn(**statics)
-    compiled_calls.note("old_logprobs", (params, batch), statics)
-    if mesh is None:
-        return fn(params, batch)
-    with jax.set_mesh(mesh):
-        return fn(params, batch)
+    if micro == 1:
+        return rows_logprobs(batch)
+    out = jax.lax.map(rows_logprobs, jax.tree.map(lambda x: _split_micro(x, micro), batch))
+    return jnp.swapaxes(out, 0, 1).reshape(batch.completion_ids.shape)
 
 
 # ----------------------------------------------------------------------------- the generation-batch driver
 
 
-def minibatch_row_indices(group_ids, groups_per_minibatch: int, multiple: int) -> np.ndarray:
-    """[n_minibatches, R] row indices: whole groups in order of first appearance, `groups_per_minibatch`
-    (0 = all) per mini-batch, each padded with -1 to the same R, a multiple of `multiple`."""
-    group_ids = np.asarray(group_ids)
-    _, first = np.unique(group_ids, return_index=True)
-    order = group_ids[np.sort(first)]
-    per = groups_per_minibatch or len(order)
-    chunks = [np.concatenate([np.flatnonzero(group_ids == g) for g in order[i:i + per]])
-              for i in range(0, len(order), per)]
-    width = math.ceil(max(len(c) for c in chunks) / multiple) * multiple
-    out = np.full((len(chunks), width), -1, np.int64)
-    for i, c in enumerate(chunks):
-        out[i, :len(c)] = c
-    return out
+def update_on_generation_batch(step: TrainStep, state: TrainState, batch: RolloutBatch):
+    """Old log-probs for every row, then one optimizer step per mini-batch of whole groups, then the teacher.
 
-
-def _take_rows(batch: RolloutBatch, idx: np.ndarray) -> RolloutBatch:
-    rows = np.maximum(idx, 0)
-    taken = RolloutBatch(*[np.asarray(x)[rows] for x in batch])
-    return taken._replace(row_weight=taken.row_weight * (idx >= 0).astype(np.float32))
-
-
-@functools.lru_cache(maxsize=8)
-def _ema_fn(rate: float):
-    return jax.jit(functools.partial(teacher.ema_update, rate=rate), donate_argnums=(0,))
-
-
-def split_minibatches(settings: StepSettings, batch: RolloutBatch, mesh=None) -> list[RolloutBatch]:
-    """The generation batch as placed mini-batches of whole groups (`settings.minibatch_groups` each, in
-    order of first appearance), padded with zero-weight rows to a multiple of data-parallel size x
-    micro_batches. On several processes every process passes the same global batch, so a mini-batch's
-    groups may sit on any devices: the split is the one-process split, whatever the process count."""
-    batch = canonical_batch(jax.tree.map(np.asarray, batch))
-    multiple = max(1, data_parallel_size(mesh) * settings.micro_batches)
-    index = minibatch_row_indices(batch.group_ids, settings.minibatch_groups, multiple)
-    return [_put(_take_rows(batch, idx), mesh) for idx in index]
-
-
-def update_on_generation_batch(step, model_cfg, settings: StepSettings, state: TrainState, batch: RolloutBatch, *,
-                               mesh=None, rng=None, recompute_advantages: bool = False):
-    """Old log-probs for every row, then one `step` per mini-batch of whole groups, then the EMA teacher.
-
-    Mini-batches hold `settings.minibatch_groups` groups (0 = all), padded with zero-weight rows to a
-    multiple of data-parallel size x micro_batches (`split_minibatches`; on several processes every
-    process passes the same global batch). A step with a non-finite loss or
-    gradient leaves the state unchanged; the EMA teacher moves once, after the last step, only if some
-    step was applied. `rng` is unused (the step is deterministic). Returns (state, metrics): each metric
-    an array over the mini-batches, plus `ema_updated` (0/1)."""
-    del rng
-    batch = canonical_batch(jax.tree.map(np.asarray, batch))
-    if recompute_advantages:
-        batch = batch._replace(advantages=compute_grpo_advantages(batch.rewards, batch.group_ids,
-                                                                  norm_by_std=settings.norm_adv_by_std))
-    minibatches = split_minibatches(settings, batch, mesh)
+    `batch` is a checked host-side batch (`batch.build` / `batch.check`). Mini-batches hold
+    `settings.minibatch_groups` groups (0 = all), padded with zero-weight rows to a multiple of data-parallel
+    size x micro_batches (`batch.split_minibatches`; on several processes every process passes the same global
+    batch). A step with a non-finite loss or gradient leaves the state unchanged; a teacher that moves
+    (`Teacher.updates`, e.g. EMA) moves once, after the last step, only if some step was applied. Returns
+    (state, metrics): each metric an array over the mini-batches, plus `ema_updated` (0/1)."""
+    settings, mesh = step.settings, step.mesh
+    minibatches = split_minibatches(batch, minibatch_groups=settings.minibatch_groups,
+                                    micro_batches=settings.micro_batches, mesh=mesh)
     if settings.old_logprobs_from_step:
         if len(minibatches) != 1:
             raise ValueError(f"old_logprobs_from_step needs one mini-batch per generation batch, got {len(minibatches)}")
     else:
-        minibatches = [mb._replace(old_logprobs=compute_old_logprobs(model_cfg, settings, state.params, mb, mesh=mesh))
-                       for mb in minibatches]
+        with sharding.use_mesh(mesh):
+            for i, mb in enumerate(minibatches):
+                compiled_calls.note("old_logprobs", (state.params, mb))
+                minibatches[i] = mb._replace(old_logprobs=step.old_logprobs(state.params, mb))
     per_step = []
     for mb in minibatches:
         state, metrics = step(state, mb)
         per_step.append(metrics)
     metrics = {k: np.array([float(m[k]) for m in per_step]) for k in per_step[0]}
     any_applied = bool(np.any(metrics["skipped_nonfinite"] == 0))
-    ema = settings.teacher_kind == "ema" and any_applied
-    if ema:
-        compiled_calls.note("teacher_update", (state.teacher_params, state.params), dict(rate=settings.ema_rate))
-        if mesh is None:
-            new_teacher = _ema_fn(settings.ema_rate)(state.teacher_params, state.params)
-        else:
-            with jax.set_mesh(mesh):
-                new_teacher = _ema_fn(settings.ema_rate)(state.teacher_params, state.params)
-        state = state._replace(teacher_params=new_teacher)
-    metrics["ema_updated"] = np.array([float(ema)])
+    moved = step.teacher_update is not None and any_applied
+    if moved:
+        compiled_calls.note("teacher_update", (state.teacher_params, state.params))
+        with sharding.use_mesh(mesh):
+            state = state._replace(teacher_params=step.teacher_update(state.teacher_params, state.params))
+    metrics["ema_updated"] = np.array([float(moved)])
     return state, metrics

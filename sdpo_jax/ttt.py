@@ -1,4 +1,4 @@
-"""Test-time SDPO (paper §5, SDPO_SPEC §7): solve one hard question by self-distilling on it, and the
+"""Test-time SDPO (paper §5, docs/ALGORITHM.md §7): solve one hard question by self-distilling on it, and the
 best-of-k and multi-turn baselines on the same model and attempt budget.
 
     python -m sdpo_jax.ttt --config=configs/ttt_demo.py [--config.ttt.seeds=3 ...]
@@ -19,10 +19,11 @@ bootstrap CIs over seeds and summaries) and discovery.png. Estimators live in `s
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import sdpo_jax
 
@@ -34,7 +35,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from sdpo_jax import batch as batch_lib
+from sdpo_jax import data as data_lib
 from sdpo_jax import discovery as dsc
+from sdpo_jax import rollout, sampling
+from sdpo_jax import setup as setup_lib
+from sdpo_jax import train_step as ts
 from sdpo_jax.reprompt import FEEDBACK_TEMPLATE, INSTRUCTION
 from sdpo_jax.tokenizer import render_chat
 
@@ -173,23 +179,32 @@ def params_fingerprint(params) -> float:
     return float(sum(float(jnp.sum(jnp.abs(x.astype(jnp.float32)))) for x in jax.tree.leaves(params)))
 
 
-def setup(cfg, *, devices=None, log: Callable[..., None] = print):
-    """(Run, initial params, close): `train.build_run`, then the demo's warm start (reused from cfg.checkpoint.warm_start_dir, made there when missing)."""
-    from sdpo_jax import train, warm_start
+@dataclasses.dataclass
+class TTTRun:
+    """What every method needs: the config, the actor (model, tokenizer, env, scorer), the SDPO step's
+    settings and its batch shapes."""
+    cfg: Any
+    actor: rollout.Actor
+    settings: ts.StepSettings
+    shapes: batch_lib.BatchShapes
 
-    run, params, run_closer = train.build_run(cfg, devices=devices)
+
+def setup(cfg, *, devices=None, log: Callable[..., None] = print):
+    """(TTTRun, initial params, close): `setup.build_actor`, then the demo's warm start (reused from
+    cfg.checkpoint.warm_start_dir, made there when missing)."""
+    actor, params, close = setup_lib.build_actor(cfg, devices=devices)
     if cfg.warm_start.steps:
-        splits = (train.synthetic_splits(cfg) if cfg.data.train == "synthetic"
-                  else train.warm_start_splits(*train.load_rows(cfg)))
-        params = warm_start.warm_started_params(cfg, run, params, splits, log)
-    return run, params, run_closer
+        params = setup_lib.initial_params(cfg, actor, params, setup_lib.load_splits(cfg), log)
+    return TTTRun(cfg, actor, setup_lib.step_settings(cfg), setup_lib.batch_shapes(cfg)), params, close
+
+
+def _policy(cfg, n: int, program_names=("prefill", "decode")) -> rollout.SamplingPolicy:
+    return setup_lib.rollout_policy(cfg, program_names, n=n)
 
 
 def load_questions(run, params0, *, log: Callable[..., None] = print) -> tuple[list[dict], dict]:
     """The question set: synthetic candidates (or a dataset), optionally filtered to hard ones by the
     success rate of the initial model over `select_samples` draws (independent of best-of-k's)."""
-    from sdpo_jax import data as data_lib
-
     cfg, t = run.cfg, run.cfg.ttt
     if t.questions == "synthetic":
         rows = data_lib.load_dataset("synthetic", n=t.candidate_questions, seed=t.question_seed,
@@ -233,8 +248,6 @@ def _key(seed: int, method: str, *more: int):
 
 def sample_success_counts(run, params, problems: Sequence[dict], num_samples: int, *, key) -> np.ndarray:
     """Successes among `num_samples` i.i.d. attempts per problem, [Q] int (rollout sampling settings)."""
-    from sdpo_jax import train
-
     cfg = run.cfg
     per_call = max(1, min(num_samples, cfg.ttt.sample_rows // max(len(problems), 1) or 1))
     group = max(1, cfg.ttt.sample_rows // per_call)
@@ -244,10 +257,9 @@ def sample_success_counts(run, params, problems: Sequence[dict], num_samples: in
         done = 0
         while done < num_samples:
             n = min(per_call, num_samples - done)
-            out = train.sample(run, params, chunk, jax.random.fold_in(key, g0 * 1_000_003 + done), n=n,
-                               temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-                               program_names=("best_of_k_prefill", "best_of_k_decode"))
-            ok = (out["rewards"] >= cfg.reprompt.success_threshold).reshape(len(chunk), n)
+            out = rollout.sample(run.actor, params, chunk, jax.random.fold_in(key, g0 * 1_000_003 + done),
+                                 _policy(cfg, n, ("best_of_k_prefill", "best_of_k_decode")))
+            ok = (out.rewards >= cfg.reprompt.success_threshold).reshape(len(chunk), n)
             counts[g0:g0 + len(chunk)] += ok.sum(axis=1)
             done += n
     return counts
@@ -261,31 +273,26 @@ def sdpo_on_question(run, params0, problem: dict, *, seed: int, question_index: 
     """One (question, seed) run of test-time SDPO from `params0` (never modified). Returns the first
     success index (None when the budget ran out), the attempts and steps taken, and fingerprints of
     the weights at the start and the end."""
-    from sdpo_jax import train
-    from sdpo_jax import train_step as ts
-
     cfg, t = run.cfg, run.cfg.ttt
     start = time.time()
-    state = ts.init_train_state(run.model_cfg, run.settings, jax.tree.map(jnp.copy, params0), optimizer, run.mesh)
+    state = ts.init_train_state(run.actor.model_cfg, run.settings, jax.tree.map(jnp.copy, params0), optimizer,
+                                run.actor.mesh)
     start_fp = params_fingerprint(state.params)
     attempts, steps, first = 0, 0, None
-    group_ids = np.zeros(t.batch_size, np.int64)
     while attempts < t.budget:
         key = _key(cfg.seed, "sdpo", question_index, seed, steps)
-        roll = train.sample(run, state.params, [problem], key, n=t.batch_size, temperature=cfg.rollout.temperature,
-                            top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k)
+        roll = rollout.sample(run.actor, state.params, [problem], key, _policy(cfg, t.batch_size))
         counted = min(t.batch_size, t.budget - attempts)  # the last batch may overrun the budget
-        first = dsc.first_success_index(roll["rewards"][:counted], cfg.reprompt.success_threshold, offset=attempts)
+        first = dsc.first_success_index(roll.rewards[:counted], cfg.reprompt.success_threshold, offset=attempts)
         attempts += counted
         if first is not None or attempts >= t.budget:
             break
-        batch, reprompt_metrics, _ = train.rollout_batch(run, roll, group_ids)
-        state, metrics = ts.update_on_generation_batch(train_step, run.model_cfg, run.settings, state, batch,
-                                                       mesh=run.mesh, rng=jax.random.fold_in(key, 1))
+        batch, reprompt_metrics, _ = batch_lib.build(roll, run.actor.tokenizer, run.shapes)
+        state, metrics = ts.update_on_generation_batch(train_step, state, batch)
         steps += 1
         if trace is not None:
             trace.append({"question_index": question_index, "seed": seed, "step": steps,
-                          "reward": float(roll["rewards"].mean()),
+                          "reward": float(roll.rewards.mean()),
                           **{k: float(np.mean(np.asarray(jax.device_get(v)))) for k, v in metrics.items()},
                           "feedback_used_fraction": reprompt_metrics.get("feedback_used_fraction")})
     return {"first_success": first, "attempts": attempts, "steps": steps, "start_fingerprint": start_fp,
@@ -298,14 +305,13 @@ def sdpo_on_question(run, params0, problem: dict, *, seed: int, question_index: 
 def multi_turn(run, params0, problems: Sequence[dict], *, seeds: int, log: Callable[..., None] = print) -> list[dict]:
     """Sequential multi-turn chains, one per (question, seed), batched across chains: each turn every
     unsolved chain makes one attempt from its feedback-history prompt. Returns one record per chain."""
-    from sdpo_jax import sampling, train
-
-    cfg, t, tok = run.cfg, run.cfg.ttt, run.tokenizer
+    cfg, t, tok, actor = run.cfg, run.cfg.ttt, run.actor.tokenizer, run.actor
     chains = [{"question_index": q, "seed": s, "feedbacks": [], "start": 0, "first_success": None,
                "max_prompt_tokens_used": 0, "trimmed": 0}
               for q in range(len(problems)) for s in range(seeds)]
-    messages = [run.env.build_prompt(p) for p in problems]
-    weights = train.decode_weights(run, params0)
+    messages = [actor.env.build_prompt(p) for p in problems]
+    weights = rollout.decode_weights(actor, params0)
+    policy = _policy(cfg, 1, ("multi_turn_prefill", "multi_turn_decode"))
     begin = time.time()
     for turn in range(t.budget):
         active = [c for c in chains if c["first_success"] is None]
@@ -321,16 +327,12 @@ def multi_turn(run, params0, problems: Sequence[dict], *, seeds: int, log: Calla
             prompts.append(ids)
         rows = 1 << (len(prompts) - 1).bit_length()  # pad to a power of two: few distinct compiles
         padded = prompts + [prompts[0]] * (rows - len(prompts))
-        out = sampling.generate(
-            run.model_cfg, weights, padded, max_new_tokens=cfg.rollout.max_new_tokens,
-            temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k,
-            eos_ids=run.eos_ids, n=1, rng=_key(cfg.seed, "multi_turn", turn),
-            prompt_buckets=tuple(t.multi_turn_prompt_buckets), mesh=run.mesh, cache_dtype=cfg.rollout.cache_dtype,
-            pad_id=tok.pad_token_id, program_names=("multi_turn_prefill", "multi_turn_decode"))
+        out = rollout.generate(actor, weights, padded, _key(cfg.seed, "multi_turn", turn), policy,
+                               prompt_buckets=tuple(t.multi_turn_prompt_buckets))
         tokens, lengths = np.asarray(out.tokens)[:len(active)], np.asarray(out.lengths)[:len(active)]
-        texts = train.completion_texts(tok, tokens, lengths)
+        texts = rollout.completion_texts(tok, tokens, lengths)
         truncated = list(np.asarray(out.finish_reason)[:len(active)] == sampling.FINISH_LENGTH)
-        scores, _ = train.score_rows(run, [problems[c["question_index"]] for c in active], texts, truncated)
+        scores, _ = rollout.score_rows(actor, [problems[c["question_index"]] for c in active], texts, truncated)
         for c, score in zip(active, scores):
             if score.reward >= cfg.reprompt.success_threshold:
                 c["first_success"] = turn + 1
@@ -351,10 +353,8 @@ def multi_turn(run, params0, problems: Sequence[dict], *, seeds: int, log: Calla
 def run_ttt(cfg, *, devices=None, log: Callable[..., None] = print) -> dict:
     """Run every method in cfg.ttt.methods on the question set; write results.csv, discovery.json and
     discovery.png to cfg.run_dir (process 0); return {"rows", "curves", "summaries", "meta"}. On several
-    processes every process runs the same comparison on the same data (`train.sample`: each scores its
+    processes every process runs the same comparison on the same data (`rollout.sample`: each scores its
     block of the attempts) and returns the same results."""
-    from sdpo_jax import train_step as ts
-
     t = cfg.ttt
     os.makedirs(cfg.run_dir, exist_ok=True)
     begin = time.time()
@@ -369,7 +369,7 @@ def run_ttt(cfg, *, devices=None, log: Callable[..., None] = print) -> dict:
             start = time.time()
             optimizer = ts.make_optimizer(cfg.optim.lr, cfg.optim.warmup_steps, weight_decay=cfg.optim.weight_decay,
                                           b1=cfg.optim.b1, b2=cfg.optim.b2, grad_clip=cfg.optim.grad_clip)
-            train_step = ts.make_train_step(run.model_cfg, run.settings, optimizer, run.mesh)
+            train_step = ts.make_train_step(run.actor.model_cfg, run.settings, optimizer, run.actor.mesh)
             firsts = []
             for q, problem in enumerate(problems):
                 per_seed = []

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sdpo_jax import checkpoint as ckpt_lib
 from sdpo_jax import models, reprompt
 from sdpo_jax.context_probe import first_token_probs, next_token_probs
 from sdpo_jax.sampling import pad_to_bucket
@@ -239,28 +240,36 @@ class StaleWarmStart(ValueError):
     """The warm-start directory holds a model made with other settings."""
 
 
-def settings_fingerprint(cfg) -> dict:
-    """The config fields a warm start depends on: a saved one is reused only when they all match."""
-    return {"seed": cfg.seed, "model.init": cfg.model.init.to_dict(), "tokenizer.path": cfg.tokenizer.path,
-            "env": {"name": cfg.env.name, "options": cfg.env.options.to_dict()},
-            "data": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.data.items()
-                     if k.startswith("synthetic_") or k == "train"},
-            "reprompt.teacher_prompt_buckets": list(cfg.reprompt.teacher_prompt_buckets),
-            "warm_start": cfg.warm_start.to_dict()}
+@dataclasses.dataclass(frozen=True)
+class WarmStartSettings:
+    """The demo's warm start (config warm_start.*): where it lives, the fingerprint of the settings a saved
+    one must match to be reused, its step cap and optimizer, its example mix, its held-out criterion, and
+    the shapes and options it shares with the RL run (env.options, the teacher prompt buckets as prompt
+    buckets, the completion buckets as answer buckets)."""
+    directory: str
+    fingerprint: dict
+    steps: int
+    lr: float
+    batch_size: int
+    feedback_fraction: float
+    solution_fraction: float
+    check_every: int
+    min_solution_accuracy: float
+    min_feedback_gain: float
+    seed: int
+    env_options: dict
+    enable_thinking: bool
+    prompt_buckets: tuple[int, ...]
+    answer_buckets: tuple[int, ...]
 
 
-def warm_started_params(cfg, run, params, splits: dict[str, list[dict]], log: Callable[[str], Any]):
-    """The demo's warm start, made once under `checkpoint.warm_start_dir` (else run_dir/warm_start) and
-    reused by every run with the same `settings_fingerprint` (SDPO, GRPO and test-time runs share it).
+def warm_started_params(ws: WarmStartSettings, actor, params, splits: dict[str, list[dict]],
+                        log: Callable[[str], Any]):
+    """The demo's warm start of `actor`'s model, made once under `ws.directory` and reused by every run with
+    the same `ws.fingerprint` (SDPO, GRPO and test-time runs share it).
     `splits` holds its "warm_start" training questions and held-out "check" questions. Raises
     `WarmStartError` at the step cap, `StaleWarmStart` when the directory was made with other settings."""
-    import json
-    import os
-
-    from sdpo_jax import checkpoint as ckpt_lib
-
-    directory = cfg.checkpoint.warm_start_dir or os.path.join(cfg.run_dir, "warm_start")
-    fingerprint = json.loads(json.dumps(settings_fingerprint(cfg)))
+    directory, fingerprint = ws.directory, ws.fingerprint
     if ckpt_lib.RunCheckpointer(directory, async_save=False).latest_step() is not None:
         restored, meta = ckpt_lib.restore_params(directory, params)
         if meta.get("settings") != fingerprint:
@@ -271,25 +280,25 @@ def warm_started_params(cfg, run, params, splits: dict[str, list[dict]], log: Ca
                 "differ); delete that directory to make a new one, or set --config.checkpoint.warm_start_dir")
         log(f"warm start: reusing {directory} ({meta['steps']} steps); held-out check: {meta['check_line']}")
         return restored
-    builder = ExampleBuilder(run.tokenizer, run.env, cfg.env.options.to_dict(), cfg.tokenizer.enable_thinking)
-    ws, pool = cfg.warm_start, splits["warm_start"]
+    builder = ExampleBuilder(actor.tokenizer, actor.env, ws.env_options, ws.enable_thinking)
+    pool = splits["warm_start"]
     log(f"warm start: up to {ws.steps} supervised steps on {len(pool)} questions, until the held-out check "
         f"passes (every {ws.check_every} steps); saving to {directory}")
-    buckets = dict(pad_id=run.tokenizer.pad_token_id, prompt_buckets=tuple(cfg.reprompt.teacher_prompt_buckets))
+    buckets = dict(pad_id=actor.tokenizer.pad_token_id, prompt_buckets=ws.prompt_buckets)
 
     def examples_for_step(i):
         rows = [pool[(i * ws.batch_size + k) % len(pool)] for k in range(ws.batch_size)]
         return training_examples(builder, rows, feedback_fraction=ws.feedback_fraction,
-                                 solution_fraction=ws.solution_fraction, seed=cfg.seed * 100_003 + i)
+                                 solution_fraction=ws.solution_fraction, seed=ws.seed * 100_003 + i)
 
     def check(p):
-        return context_check(run.model_cfg, p, builder, splits["check"], pad_id=buckets["pad_id"],
-                             buckets=buckets["prompt_buckets"], seed=cfg.seed)
+        return context_check(actor.model_cfg, p, builder, splits["check"], pad_id=buckets["pad_id"],
+                             buckets=buckets["prompt_buckets"], seed=ws.seed)
 
     params = jax.tree.map(jnp.copy, params)  # the SFT step donates its input
-    result = warm_start(run.model_cfg, params, examples_for_step, check, steps=ws.steps, lr=ws.lr,
+    result = warm_start(actor.model_cfg, params, examples_for_step, check, steps=ws.steps, lr=ws.lr,
                         check_every=ws.check_every, min_solution_accuracy=ws.min_solution_accuracy,
-                        min_feedback_gain=ws.min_feedback_gain, answer_buckets=tuple(cfg.rollout.completion_buckets),
+                        min_feedback_gain=ws.min_feedback_gain, answer_buckets=ws.answer_buckets,
                         log=log, **buckets)
     if not result.passed:
         raise WarmStartError(cap_message(result, min_solution_accuracy=ws.min_solution_accuracy,

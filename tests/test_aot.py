@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import configs.demo
-from sdpo_jax import compiled_calls, hlo_flops, models, programs, train
+from sdpo_jax import compiled_calls, hlo_flops, models, programs, setup
 from sdpo_jax.tokenizer import load_tokenizer
 from sdpo_jax.tools import aot
 
@@ -52,13 +52,13 @@ def test_tool_programs_are_the_calls_the_loop_makes(tmp_path, variant):
     separate old log-probs) and for an EMA teacher with 2 mini-batches, bf16 compute and gathered decode weights."""
     cfg = _tiny_demo(str(tmp_path / "run"), variant)
     with compiled_calls.capture() as calls:
-        assert train.run(cfg) == 0
+        assert setup.train_from_config(cfg) == 0
     loop = []
     for call in calls:
         if not any(call.matches(seen) for seen in loop):
             loop.append(call)
-    mesh = train.make_run_mesh(cfg)
-    model_cfg, _ = train.build_model(cfg, load_tokenizer(cfg.tokenizer.path), mesh)
+    mesh = setup.make_run_mesh(cfg)
+    model_cfg, _ = setup.build_model(cfg, load_tokenizer(cfg.tokenizer.path), mesh)
     tool = [p.signature() for p in programs.run_programs(cfg, model_cfg, mesh)]
     expected = {"demo": ["prefill", "decode", "train_step", "eval_prefill", "eval_decode"],
                 "ema_minibatches_bf16": ["prefill", "decode", "old_logprobs", "train_step", "teacher_update",
@@ -85,8 +85,8 @@ def test_tool_programs_are_the_calls_test_time_sdpo_makes(tmp_path):
     for call in calls:
         if not any(call.matches(seen) for seen in loop):
             loop.append(call)
-    mesh = train.make_run_mesh(cfg, devices)
-    model_cfg, _ = train.build_model(cfg, load_tokenizer(cfg.tokenizer.path), mesh)
+    mesh = setup.make_run_mesh(cfg, devices)
+    model_cfg, _ = setup.build_model(cfg, load_tokenizer(cfg.tokenizer.path), mesh)
     tool = [p.signature() for p in programs.ttt_programs(cfg, model_cfg, mesh, questions=cfg.ttt.num_questions)]
     assert [s.name for s in tool] == ["prefill", "decode", "train_step", "teacher_update", "best_of_k_prefill",
                                       "best_of_k_decode", "multi_turn_prefill", "multi_turn_decode"]
@@ -103,7 +103,7 @@ def test_tpu_decode_holds_the_kv_cache_once():
     cfg.warm_start.steps, cfg.data.prompts_per_step, cfg.rollout.n = 0, 64, 4
     cfg.rollout.max_new_tokens, cfg.rollout.completion_buckets, cfg.rollout.prompt_buckets = 2048, (2048,), (256,)
     cfg.model.compute_dtype = cfg.rollout.cache_dtype = "bfloat16"
-    mesh = train.make_run_mesh(cfg, _tpu_devices("v5e-1"))
+    mesh = setup.make_run_mesh(cfg, _tpu_devices("v5e-1"))
     prefill, decode = programs.run_programs(cfg, aot.model_config_for(cfg), mesh, only={"prefill", "decode"})
     cache = programs.device_bytes(decode.arguments()[1]["cache"])
     temp = decode.compile().memory_analysis().temp_size_in_bytes
@@ -118,7 +118,7 @@ def test_resident_train_state_matches_shape_arithmetic():
     cfg.model.init.vocab_size, cfg.teacher.kind = 4096, "ema"
     cfg.model.init.num_layers, cfg.model.init.hidden_size, cfg.model.init.intermediate_size = 4, 256, 1024
     cfg.rollout.cache_dtype = "bfloat16"
-    mesh = train.make_run_mesh(cfg, _tpu_devices("v5p-64"))
+    mesh = setup.make_run_mesh(cfg, _tpu_devices("v5p-64"))
     model_cfg = aot.model_config_for(cfg)
     resident = aot.resident_state_bytes(cfg, model_cfg, mesh)
     expect = 4 * 4 * model_cfg.num_params / 32

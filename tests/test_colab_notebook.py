@@ -1,6 +1,6 @@
 """The Colab notebook `launch/colab_demo.ipynb`, executed cell by cell in a real Jupyter kernel (nbclient) in
 its CPU mode (SDPO_COLAB_CPU=1): a tiny random Qwen3 written by transformers, the generated math set, the
-math environment with its feedback options (cfg.env.options), 2 SDPO steps through `train.run`, and the plot cell. The kernel is this venv's python,
+math environment with its feedback options (cfg.env.options), 2 SDPO steps through `setup.train_from_config`, and the plot cell. The kernel is this venv's python,
 registered under a private kernelspec in tmp_path so a fresh clone with only requirements-test.txt works."""
 import json
 import math

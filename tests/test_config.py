@@ -143,26 +143,26 @@ def test_main_on_a_cpu_host_with_libtpu_starts_quietly_on_the_cpu(tmp_path):
 
 def test_env_options_reach_every_score_call_and_unknown_ones_are_named():
     """`env.options` from the config are passed to every `env.score` call by the scorer pool that
-    `train.build_run` makes; an option the env's score() does not take fails at set-up, naming it."""
+    `setup.build_actor` makes; an option the env's score() does not take fails at set-up, naming it."""
     from configs import demo
-    from sdpo_jax import train
+    from sdpo_jax import setup
 
     cfg = demo.get_config()
     cfg.model.init.update(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, head_dim=16,
                           intermediate_size=64)
     cfg.env.options = {"feedback_style": "positions"}
-    config_lib.validate(cfg)  # option names are free-form here; build_run checks them against score()
+    config_lib.validate(cfg)  # option names are free-form here; build_actor checks them against score()
     problem = {"id": "p", "digits": "123", "ops": ["reverse"], "answer": "321"}
-    run, _, close = train.build_run(cfg)
+    actor, _, close = setup.build_actor(cfg)
     try:
-        [score], _ = run.scorer([problem], ["329"], [False])
+        [score], _ = actor.scorer([problem], ["329"], [False])
     finally:
         close()
     assert score.reward == 0.0 and "Position 3 should be 1" in score.feedback, score.feedback
 
     cfg.env.options = {"feedback_styel": "positions"}
     with pytest.raises(ValueError, match="feedback_styel"):
-        train.build_run(cfg)
+        setup.build_actor(cfg)
 
 
 def test_installed_package_without_configs_asks_for_a_config_path(tmp_path):

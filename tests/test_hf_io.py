@@ -14,7 +14,8 @@ import torch
 
 from sdpo_jax.models import (CheckpointError, ModelConfig, ModelConfigError, config_from_hf,
                              config_to_hf, forward, load_pretrained, save_pretrained)
-from sdpo_jax.sharding import make_mesh, param_shardings
+from sdpo_jax.models import param_shardings
+from sdpo_jax.sharding import make_mesh
 from tests.hf_tiny import FAMILIES, tiny_hf_config, tiny_hf_model, tiny_model_dir
 
 _fwd = jax.jit(forward, static_argnums=0)

@@ -1,6 +1,6 @@
 """Independent float64 NumPy references for the SDPO and GRPO losses (test helper, no JAX).
 
-Written from SDPO_SPEC §2 / §5 directly, loop by loop, to check `sdpo_jax.losses` against.
+Written from docs/ALGORITHM.md §2 / §5 directly, loop by loop, to check `sdpo_jax.losses` against.
 Stop-gradient quantities (top-K indices, IS weights, the token advantage) are computed from
 `frozen_logits` when given, so that finite differences of these functions are the gradients that
 the JAX code defines.

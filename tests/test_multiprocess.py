@@ -36,7 +36,7 @@ TINY = [
     "--config.checkpoint.every=1", "--config.checkpoint.async_save=False", "--config.logging.plot=False",
     "--config.logging.progress_bar=False", "--config.checkpoint.export_hf_at_end=False", "--config.optim.lr=1e-3",
     "--config.optim.schedule=constant",  # the runs differ in train.steps; a cosine would follow it
-    "--config.logging.context_every=0",  # context/* metrics are single-process only (train.context_metrics)
+    "--config.logging.context_every=0",  # context/* metrics are single-process only (context_probe.context_metrics)
     # one question per mini-batch (fewer than the processes' count would have been refused before) and an
     # EMA teacher: old log-probs, 4 train steps and the teacher update per generation batch
     "--config.optim.minibatch_prompts=1", "--config.teacher.kind=ema", "--config.teacher.ema_rate=0.1",

@@ -17,8 +17,9 @@ from packaging.utils import canonicalize_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Files the package opens or executes by path (not only imports): the sandbox reads the runner's source
-# and starts the launcher as a script with `python -I -S <file>`.
-RUN_TIME_FILES = ("sdpo_jax/envs/sandbox_runner.py", "sdpo_jax/envs/sandbox_launcher.py")
+# and starts the launcher as a script with `python -I -S <file>`, which imports confine.py from its folder.
+RUN_TIME_FILES = ("sdpo_jax/envs/sandbox/runner.py", "sdpo_jax/envs/sandbox/launcher.py",
+                  "sdpo_jax/envs/sandbox/confine.py")
 
 
 def _package_files() -> set[str]:
@@ -86,8 +87,9 @@ def test_wheel_holds_the_package_and_requirements_pins(tmp_path):
     assert [_key(r) for r in requires] == [_key(r) for r in _pins()]
     assert any(canonicalize_name(r.name) == "jax" for r in requires)  # the pins were read, not an empty file
 
-    probe = ("import os, sdpo_jax, sdpo_jax.envs.sandbox as sb; "
-             "print(os.path.dirname(os.path.dirname(sdpo_jax.__file__))); print(os.path.isfile(sb._RUNNER_PATH))")
+    probe = ("import os, sdpo_jax, sdpo_jax.envs.sandbox.host as sb; "
+             "print(os.path.dirname(os.path.dirname(sdpo_jax.__file__))); "
+             "print(os.path.isfile(sb._RUNNER_PATH) and os.path.isfile(sb._LAUNCHER_PATH))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=dict(env, PYTHONPATH=str(site)),
                           capture_output=True, text=True, timeout=60)

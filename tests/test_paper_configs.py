@@ -1,5 +1,5 @@
 """The paper's experiment configs (configs/{lcb,science,tooluse}_qwen3_8b[_grpo].py): they validate on
-the meshes they are meant for, carry SDPO_SPEC §8's hyperparameters, document a command line that
+the meshes they are meant for, carry docs/ALGORITHM.md §8's hyperparameters, document a command line that
 parses, and the GRPO baselines differ from their SDPO configs only where the spec says. No model is
 built; every check is on config trees."""
 import importlib
@@ -39,7 +39,7 @@ def _flat(cfg, prefix=""):
     return out
 
 
-# SDPO_SPEC §8 (Table 12 + the official scripts), written out as literals: rows shared by §3 and §4.
+# docs/ALGORITHM.md §8 (Table 12 + the official scripts), written out as literals: rows shared by §3 and §4.
 SHARED = {
     "tokenizer.enable_thinking": False,            # Thinking: off
     "rollout.max_new_tokens": 8192,                # Max prompt / response 2048 / 8192
@@ -143,7 +143,7 @@ def test_paper_configs_validate_on_their_meshes(name):
 
 @pytest.mark.parametrize("name", SDPO_CONFIGS)
 def test_sdpo_configs_match_spec_table(name):
-    """Each SDPO config's hyperparameters equal SDPO_SPEC §8's column for its section (literals)."""
+    """Each SDPO config's hyperparameters equal docs/ALGORITHM.md §8's column for its section (literals)."""
     cfg = _load(name)
     wrong = {field: (_get(cfg, field), want) for field, want in EXPECTED[name].items()
              if _get(cfg, field) != want or type(_get(cfg, field)) is not type(want)}
@@ -152,7 +152,7 @@ def test_sdpo_configs_match_spec_table(name):
 
 @pytest.mark.parametrize("name", GRPO_CONFIGS)
 def test_grpo_configs_match_spec_baseline(name):
-    """Each GRPO baseline carries SDPO_SPEC §5's settings (Dr.GRPO, clips, TIS, lr / mini-batch)."""
+    """Each GRPO baseline carries docs/ALGORITHM.md §5's settings (Dr.GRPO, clips, TIS, lr / mini-batch)."""
     cfg = _load(name)
     wrong = {field: (_get(cfg, field), want) for field, want in EXPECTED_GRPO[name].items()
              if _get(cfg, field) != want}

@@ -1,6 +1,6 @@
-"""Teacher-prompt construction (SDPO_SPEC §3): official texts, selection, masks, metrics, truncation.
+"""Teacher-prompt construction (docs/ALGORITHM.md §3): official texts, selection, masks, metrics, truncation.
 
-The expected user texts below are literals copied from SDPO_SPEC §3.4 (solution block
+The expected user texts below are literals copied from docs/ALGORITHM.md §3.4 (solution block
 "\\nCorrect solution:\\n\\n" + demo, feedback block "\\nThe following is feedback from your
 unsuccessful earlier attempt:\\n\\n" + fb, then "\\n\\nCorrectly solve the original question."),
 never produced by the code under test.

@@ -195,12 +195,13 @@ def test_sharded_generate_equals_unsharded(qwen3):
     """On 8 fake devices (data 2 x fsdp 2 x tensor 2), greedy generate from fsdp-sharded weights
     and sampled generate from the fsdp-free decode copy equal the unsharded runs; B·n = 6 rows is
     padded to a multiple of 4 and trimmed back."""
-    from sdpo_jax.sharding import make_mesh, param_shardings, shard_params
+    from sdpo_jax.models import param_shardings
+    from sdpo_jax.sharding import make_mesh, shard_params
 
     cfg, params = qwen3
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     sharded = shard_params(params, param_shardings(cfg, mesh))
-    copy = sampling.decode_params(cfg, sharded, mesh, dtype=jnp.float32)
+    copy = sampling.decode_weights_program(cfg.replace(compute_dtype="float32"), mesh, gathered=True)(sharded)
     assert all("fsdp" not in str(x.sharding.spec) for x in jax.tree.leaves(copy))
     assert any("tensor" in str(x.sharding.spec) for x in jax.tree.leaves(copy))
     prompts = PROMPTS[:3]

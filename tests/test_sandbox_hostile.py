@@ -410,7 +410,7 @@ def _run_as_nobody(tmp_path, json, subprocess):
 def test_sandbox_root_never_hides_a_path_it_binds(tmp_path):
     """The sandbox root's tmpfs goes on a directory holding none of the paths it must bind: a
     checkout or virtual environment under /tmp (as in CI's clone) still reaches the sandbox."""
-    from sdpo_jax.envs.sandbox_launcher import root_mount_point
+    from sdpo_jax.envs.sandbox.confine import root_mount_point
 
     venv = "/tmp/clone/.venv/lib/python3.11/site-packages"
     assert root_mount_point(["/usr", venv]) != "/tmp"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from sdpo_jax import sharding
+from sdpo_jax import models, sharding
 from sdpo_jax.models import ModelConfig, forward, init_params, param_shapes
 from sdpo_jax.sharding import MeshError, make_mesh
 
@@ -52,7 +52,7 @@ def test_param_shardings_follow_the_rules(fsdp, tensor):
     """Each parameter's NamedSharding is what the logical rules say: embed dims on fsdp, heads /
     MLP / vocab on tensor, KV heads that do not divide the tensor axis replicated."""
     mesh = make_mesh(data=1, fsdp=fsdp, tensor=tensor)
-    shardings = sharding.param_shardings(CFG, mesh)
+    shardings = models.param_shardings(CFG, mesh)
     flat = jax.tree_util.tree_leaves_with_path(shardings)
     shapes = jax.tree.leaves(param_shapes(CFG), is_leaf=lambda x: isinstance(x, tuple))
     assert len(flat) == len(shapes)
@@ -84,7 +84,7 @@ def test_sharded_forward_equals_unsharded(fsdp, tensor):
     ref = jax.jit(forward, static_argnums=0)(CFG, params, ids, mask)
 
     mesh = make_mesh(data=1, fsdp=fsdp, tensor=tensor)
-    p_sh = sharding.param_shardings(CFG, mesh)
+    p_sh = models.param_shardings(CFG, mesh)
     sharded = sharding.shard_params(params, p_sh)
     assert sharded["layers"]["q"].sharding == p_sh["layers"]["q"]
     b_sh = sharding.batch_sharding(mesh, 2)
@@ -103,7 +103,7 @@ def test_init_params_directly_sharded():
     """init_params(..., shardings=) creates every parameter in its rule sharding, with the same
     values as the unsharded init."""
     mesh = make_mesh(data=1, fsdp=2, tensor=4)
-    p_sh = sharding.param_shardings(CFG, mesh)
+    p_sh = models.param_shardings(CFG, mesh)
     params = init_params(CFG, jax.random.key(3), shardings=p_sh)
     ref = init_params(CFG, jax.random.key(3))
     for (path, x), s, r in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(p_sh),

@@ -1,5 +1,6 @@
 """Teachers: trust-region geometric mixture, stop-gradient, EMA arithmetic and fp32 copies."""
 
+import dataclasses
 import functools
 
 import jax
@@ -74,3 +75,38 @@ def test_teacher_parameter_copies_and_ema_update():
         np.testing.assert_allclose(np.asarray(a), 0.95 * np.asarray(b) + 0.05 * np.asarray(c), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="teacher.kind"):
         teacher.init_teacher_params("moving_average", live)
+
+
+class _HalfwayTeacher(teacher.Teacher):
+    """Test-only teacher: logits halfway between the initial model's and the live student's (a trust-region
+    teacher with its mix fixed at 0.5), written as one class."""
+
+    def hidden_terms(self, model_cfg, params, teacher_params, ids_bl, mask_bl, positions=None):
+        return teacher.TrustRegionTeacher(mix=0.5).hidden_terms(model_cfg, params, teacher_params, ids_bl, mask_bl,
+                                                                positions)
+
+
+def test_a_new_teacher_is_one_class_and_one_registry_line(monkeypatch):
+    """Registering a Teacher subclass under a name (one line) makes it a valid teacher.kind for the config, the
+    step settings and the train step: a generation batch trains with it, its loss equals the trust-region
+    teacher's at mix 0.5 (the same teacher, spelt differently), and it never moves (no update program)."""
+    from sdpo_jax import batch as batch_lib
+    from sdpo_jax import config as config_lib
+    from sdpo_jax import train_step as ts
+    from tests.test_train_step import BASE, MODEL as STEP_MODEL, make_batch, make_params
+
+    monkeypatch.setitem(teacher.TEACHERS, "halfway", _HalfwayTeacher)
+    cfg = config_lib.base_config()
+    cfg.teacher.kind = "halfway"
+    config_lib.validate(cfg)
+    losses_by_kind = {}
+    for kind, mix in (("halfway", 0.05), ("trust_region", 0.5)):
+        settings = dataclasses.replace(BASE, teacher_kind=kind, trust_region_mix=mix)
+        optimizer = ts.make_optimizer(1e-3, 0)
+        step = ts.make_train_step(STEP_MODEL, settings, optimizer)
+        assert step.teacher_update is None
+        state = ts.init_train_state(STEP_MODEL, settings, make_params(0), optimizer)
+        state, metrics = ts.update_on_generation_batch(step, state, batch_lib.check(make_batch(3)))
+        losses_by_kind[kind] = float(metrics["loss"][0])
+    assert np.isfinite(losses_by_kind["halfway"])
+    np.testing.assert_allclose(losses_by_kind["halfway"], losses_by_kind["trust_region"], rtol=1e-6)

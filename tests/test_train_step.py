@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sdpo_jax import batch as batch_lib
 from sdpo_jax import losses, models, teacher, train_step as ts
 
 MODEL = models.ModelConfig(model_type="qwen3", vocab_size=96, hidden_size=32, num_layers=1, num_heads=2,
@@ -41,12 +42,12 @@ def make_batch(seed=0, n=N, group=4):
     sd[0] = 1.0
     rewards = rng.integers(0, 2, size=n).astype(np.float32)
     gid = np.arange(n) // group
-    return ts.RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=comp * cmask,
-                           completion_mask=cmask, teacher_prompt_ids=teacher_ids, teacher_prompt_mask=teacher_mask,
-                           sd_mask=sd, old_logprobs=np.zeros((n, CL), np.float32),
-                           sampler_logprobs=(-np.log(v) + rng.normal(size=(n, CL)) * 0.3).astype(np.float32) * cmask,
-                           rewards=rewards, group_ids=gid.astype(np.int32),
-                           advantages=losses.compute_grpo_advantages(rewards, gid))
+    return batch_lib.check(batch_lib.RolloutBatch(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=comp * cmask, completion_mask=cmask,
+        teacher_prompt_ids=teacher_ids, teacher_prompt_mask=teacher_mask, sd_mask=sd,
+        old_logprobs=np.zeros((n, CL), np.float32),
+        sampler_logprobs=(-np.log(v) + rng.normal(size=(n, CL)) * 0.3).astype(np.float32) * cmask,
+        rewards=rewards, group_ids=gid.astype(np.int32), advantages=losses.compute_grpo_advantages(rewards, gid)))
 
 
 def reference_logits(params, teacher_params, batch, settings):
@@ -82,12 +83,12 @@ def _reference_loss(params, teacher_params, b, settings):
 
 def reference_loss(params, teacher_params, batch, settings):
     """The step's loss recomputed on materialised logits with losses.distillation_loss / grpo_loss."""
-    return _reference_loss(params, teacher_params, ts.canonical_batch(batch), settings)
+    return _reference_loss(params, teacher_params, batch_lib.check(batch), settings)
 
 
 def with_old_logprobs(batch, params, shift_seed=None):
     """old_logprobs = current log-probs, optionally shifted so IS weights are not all 1."""
-    old = np.asarray(ts.compute_old_logprobs(MODEL, ts.StepSettings(), params, batch))
+    old = np.asarray(old_logprobs(ts.StepSettings(), params, batch))
     if shift_seed is not None:
         old = old + np.random.default_rng(shift_seed).normal(size=old.shape).astype(np.float32) * 0.7
     return batch._replace(old_logprobs=old * batch.completion_mask)
@@ -111,6 +112,12 @@ def sgd_step(settings, params, batch, mesh=None):
     import optax
 
     return run_step(settings, params, batch, mesh, optimizer=optax.sgd(1.0))
+
+
+
+def old_logprobs(settings, params, batch):
+    """The train step's old-log-prob program on `batch` (its optimizer plays no part)."""
+    return ts.make_train_step(MODEL, settings, ts.make_optimizer(1e-3, 0)).old_logprobs(params, batch_lib.check(batch))
 
 
 @pytest.mark.parametrize("kind", ["live", "ema", "frozen", "trust_region"])
@@ -172,8 +179,8 @@ def test_old_logprobs_equal_log_softmax_of_forward():
     params = make_params(4)
     batch = make_batch(4)
     settings = ts.StepSettings(temperature=0.7, vocab_chunk=40, micro_batches=2)
-    got = np.asarray(ts.compute_old_logprobs(MODEL, settings, params, batch))
-    zs, _ = jax.jit(reference_logits, static_argnums=3)(params, None, ts.canonical_batch(batch), BASE)
+    got = np.asarray(old_logprobs(settings, params, batch))
+    zs, _ = jax.jit(reference_logits, static_argnums=3)(params, None, batch_lib.check(batch), BASE)
     want = jnp.take_along_axis(jax.nn.log_softmax(zs / 0.7), jnp.asarray(batch.completion_ids)[..., None], -1)[..., 0]
     np.testing.assert_allclose(got, np.asarray(want) * batch.completion_mask, rtol=1e-5, atol=1e-5)
 
@@ -183,7 +190,7 @@ def test_zero_weight_padding_rows_change_nothing():
     params = make_params(6)
     batch = with_old_logprobs(make_batch(6), params, shift_seed=5)
     _, plain, _ = run_step(BASE, params, batch)
-    padded = ts.RolloutBatch(*[np.concatenate([x, x[:4]]) for x in ts.canonical_batch(batch)])
+    padded = batch_lib.RolloutBatch(*[np.concatenate([x, x[:4]]) for x in batch_lib.check(batch)])
     padded = padded._replace(row_weight=np.r_[np.ones(N), np.zeros(4)].astype(np.float32))
     _, with_pad, _ = run_step(BASE, params, padded)
     for key in plain:
@@ -199,7 +206,7 @@ def test_generation_batch_driver_ema_once_and_is_weight_on_second_minibatch():
     state = ts.init_train_state(MODEL, settings, jax.tree.map(jnp.array, params), opt)
     teacher0 = jax.tree.map(np.asarray, state.teacher_params)
     step = ts.make_train_step(MODEL, settings, opt)
-    state, metrics = ts.update_on_generation_batch(step, MODEL, settings, state, make_batch(7))
+    state, metrics = ts.update_on_generation_batch(step, state, batch_lib.check(make_batch(7)))
     assert metrics["is_weight_mean"].shape == (2,)
     np.testing.assert_allclose(metrics["is_weight_mean"][0], 1.0, atol=1e-5)
     assert abs(metrics["is_weight_mean"][1] - 1.0) > 1e-4
@@ -220,7 +227,7 @@ def test_nonfinite_batch_skips_updates_and_the_ema():
     before = jax.tree.map(np.asarray, (state.params, state.teacher_params))
     batch = make_batch(8)
     batch = batch._replace(sampler_logprobs=np.full_like(batch.sampler_logprobs, np.nan))
-    state, metrics = ts.update_on_generation_batch(ts.make_train_step(MODEL, settings, opt), MODEL, settings, state, batch)
+    state, metrics = ts.update_on_generation_batch(ts.make_train_step(MODEL, settings, opt), state, batch_lib.check(batch))
     assert metrics["skipped_nonfinite"].tolist() == [1.0, 1.0] and float(metrics["ema_updated"][0]) == 0.0
     assert int(state.step) == 0
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((state.params, state.teacher_params))):
@@ -239,7 +246,7 @@ def test_bad_settings_and_batches_raise_clear_errors():
     with pytest.raises(ValueError, match="micro_batches"):
         ts.make_train_step(MODEL, settings, opt)(state, make_batch(0))
     with pytest.raises(ValueError, match="sd_mask"):
-        ts.canonical_batch(make_batch(0)._replace(sd_mask=np.ones(3, np.float32)))
+        batch_lib.check(make_batch(0)._replace(sd_mask=np.ones(3, np.float32)))
 
 
 def test_lr_schedule_warmup_then_constant_or_cosine():
@@ -266,7 +273,7 @@ def test_on_policy_old_logprobs_from_the_step_equal_the_separate_forward(objecti
     for s in (settings, fast):
         state = ts.init_train_state(MODEL, s, jax.tree.map(jnp.array, params), opt)
         step = ts.make_train_step(MODEL, s, opt)
-        results.append(ts.update_on_generation_batch(step, MODEL, s, state, make_batch(2)))
+        results.append(ts.update_on_generation_batch(step, state, batch_lib.check(make_batch(2))))
     (slow_state, slow_m), (fast_state, fast_m) = results
     for a, b in zip(jax.tree.leaves(slow_state.params), jax.tree.leaves(fast_state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
@@ -275,4 +282,4 @@ def test_on_policy_old_logprobs_from_the_step_equal_the_separate_forward(objecti
     two = dataclasses.replace(fast, minibatch_groups=1)
     state = ts.init_train_state(MODEL, two, jax.tree.map(jnp.array, params), opt)
     with pytest.raises(ValueError, match="one mini-batch"):
-        ts.update_on_generation_batch(ts.make_train_step(MODEL, two, opt), MODEL, two, state, make_batch(2))
+        ts.update_on_generation_batch(ts.make_train_step(MODEL, two, opt), state, batch_lib.check(make_batch(2)))

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 
+from sdpo_jax import batch as batch_lib
 from sdpo_jax import models, train_step as ts
 
 BIG_VOCAB = models.ModelConfig(model_type="qwen3", vocab_size=151936, hidden_size=64, num_layers=1, num_heads=4,
@@ -18,7 +19,7 @@ def abstract_step_inputs(model_cfg, settings, optimizer, *, prompt=16, completio
         model_cfg, settings, models.init_params(model_cfg, jax.random.key(0)), optimizer))
     i32, f32 = jnp.int32, jnp.float32
     sds = jax.ShapeDtypeStruct
-    batch = ts.RolloutBatch(
+    batch = batch_lib.RolloutBatch(
         prompt_ids=sds((rows, prompt), i32), prompt_mask=sds((rows, prompt), i32),
         completion_ids=sds((rows, completion), i32), completion_mask=sds((rows, completion), i32),
         teacher_prompt_ids=sds((rows, teacher_prompt), i32), teacher_prompt_mask=sds((rows, teacher_prompt), i32),

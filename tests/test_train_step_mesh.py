@@ -8,7 +8,8 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from sdpo_jax import sharding, train_step as ts
+from sdpo_jax import batch as batch_lib
+from sdpo_jax import models, sharding, train_step as ts
 from tests.test_train_step import BASE, MODEL, make_batch, make_params, run_step, with_old_logprobs
 
 HYBRID = dataclasses.replace(BASE, objective="hybrid", hybrid_lambda=0.5)  # both loss terms exercised
@@ -40,13 +41,13 @@ def test_eight_devices_equal_one_device_with_rule_shardings_and_one_compile():
     state, metrics, step = _sgd_step(mesh_settings, params, batch, mesh)
     _assert_same(metrics, state.params, one_metrics, one_state.params)
 
-    expected = sharding.param_specs(MODEL, mesh)
+    expected = models.param_specs(MODEL, mesh)
     got = jax.tree.map(lambda x: x.sharding.spec, state.params)
     assert jax.tree.leaves(got, is_leaf=lambda x: isinstance(x, P)) == \
         jax.tree.leaves(expected, is_leaf=lambda x: isinstance(x, P))
     assert any(spec != P() and any(s is not None for s in spec)
                for spec in jax.tree.leaves(got, is_leaf=lambda x: isinstance(x, P)))
-    compiled = step.jitted.lower(state, ts.canonical_batch(batch)).compile()
+    compiled = step.jitted.lower(state, batch_lib.check(batch)).compile()
     batch_in = compiled.input_shardings[0][1]
     assert batch_in.prompt_ids.spec == P(("data", "fsdp"), None)
     out_state = compiled.output_shardings[0]
@@ -92,7 +93,7 @@ def test_generation_batch_on_eight_devices_is_weight_moves_on_the_second_minibat
     state = ts.init_train_state(MODEL, settings, make_params(13), opt, mesh)
     teacher0 = jax.tree.map(np.asarray, state.teacher_params)
     step = ts.make_train_step(MODEL, settings, opt, mesh)
-    state, metrics = ts.update_on_generation_batch(step, MODEL, settings, state, make_batch(13), mesh=mesh)
+    state, metrics = ts.update_on_generation_batch(step, state, batch_lib.check(make_batch(13)))
     np.testing.assert_allclose(metrics["is_weight_mean"][0], 1.0, atol=1e-5)
     assert abs(metrics["is_weight_mean"][1] - 1.0) > 1e-4 and float(metrics["ema_updated"][0]) == 1.0
     for t0, t1, p in zip(jax.tree.leaves(teacher0), jax.tree.leaves(state.teacher_params),

@@ -160,11 +160,11 @@ def test_first_success_counts_every_attempt_and_stops(tmp_path):
         return [Score(1.0 if good else 0.0, "" if good else f"fb{calls['n']}") for good in ok], {}
 
     try:
-        run.scorer = scorer
+        run.actor.scorer = scorer
         from sdpo_jax import train_step as ts
 
         optimizer = ts.make_optimizer(cfg.optim.lr, 0)
-        step = ts.make_train_step(run.model_cfg, run.settings, optimizer, run.mesh)
+        step = ts.make_train_step(run.actor.model_cfg, run.settings, optimizer, run.actor.mesh)
         problem = synthetic.make_problems(1, seed=3, difficulty=3)[0]
         result = ttt.sdpo_on_question(run, params0, problem, seed=0, question_index=0, optimizer=optimizer,
                                       train_step=step)
@@ -177,11 +177,11 @@ def test_first_success_counts_every_attempt_and_stops(tmp_path):
             good = calls["n"] == 3
             return [Score(1.0 if good else 0.0, "" if good else f"fb{calls['n']}") for _ in texts], {}
 
-        run.scorer = chain_scorer
+        run.actor.scorer = chain_scorer
         chains = ttt.multi_turn(run, params0, [problem], seeds=1, log=lambda *a: None)
         assert chains[0]["first_success"] == 3 and chains[0]["feedbacks_seen"] == 2
 
-        run.scorer = lambda problems, texts, truncated: ([Score(float(i % 4 == 0), "x") for i in
+        run.actor.scorer = lambda problems, texts, truncated: ([Score(float(i % 4 == 0), "x") for i in
                                                           range(len(texts))], {})
         cfg.ttt.select_samples, cfg.ttt.candidate_questions = 8, 3
         cfg.ttt.select_min_rate, cfg.ttt.select_max_rate = 0.2, 0.3  # every question: 2 of 8

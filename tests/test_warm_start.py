@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sdpo_jax import checkpoint as ckpt_lib
-from sdpo_jax import context_probe, models, warm_start as ws
+from sdpo_jax import context_probe, models, setup, warm_start as ws
 from sdpo_jax.envs import synthetic
 from sdpo_jax.tokenizer import build_demo_tokenizer
 
@@ -97,17 +97,14 @@ def test_a_warm_start_made_with_other_settings_is_not_reused(tmp_path, tok):
     cfg.checkpoint.warm_start_dir = str(tmp_path / "ws")
     params = models.init_params(MODEL, jax.random.key(0))
     run = types.SimpleNamespace(tokenizer=tok, env=synthetic, model_cfg=MODEL)
-    saved = ws.settings_fingerprint(cfg)
-    import json
-
-    ckpt_lib.save_params(cfg.checkpoint.warm_start_dir, params,
-                         {"settings": json.loads(json.dumps(saved)), "steps": 7, "check_line": "ok"})
+    saved = setup.warm_start_settings(cfg).fingerprint
+    ckpt_lib.save_params(cfg.checkpoint.warm_start_dir, params, {"settings": saved, "steps": 7, "check_line": "ok"})
     lines = []
-    restored = ws.warm_started_params(cfg, run, params, {}, lines.append)
+    restored = ws.warm_started_params(setup.warm_start_settings(cfg), run, params, {}, lines.append)
     assert "reusing" in lines[0] and jax.tree.all(jax.tree.map(lambda a, b: bool((a == b).all()), restored, params))
     cfg.warm_start.lr = 1e-4
     with pytest.raises(ws.StaleWarmStart, match="warm_start"):
-        ws.warm_started_params(cfg, run, params, {}, lines.append)
+        ws.warm_started_params(setup.warm_start_settings(cfg), run, params, {}, lines.append)
 
 
 def test_corrupt_digits_never_returns_the_answer():

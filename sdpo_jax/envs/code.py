@@ -12,7 +12,7 @@ Problem schema (what the converters produce; `validate_problem` checks it):
      "time_limit_s": float}                # per test (stdin/functional), whole check (check)
 
 Reward 1.0 iff every test passes (the paper's sparse reward).  Feedback follows the official
-`format_test_feedback` (SDPO_SPEC §6), first match wins: the first runtime error (exception, up to 3
+`format_test_feedback` (docs/ALGORITHM.md §6), first match wins: the first runtime error (exception, up to 3
 frames of Solution.py, the last executed input), else the first time-out with its input, else a
 format error / truncated-attempt message when there is no code block, else up to 2 failing cases,
 shortest first, with Input / Output / Expected; 250 characters a field, 8 input lines, 2000 in all.

@@ -1,5 +1,5 @@
 """Math environment: the last \\boxed{...} answer, compared with the reference by exact string and
-then by `math-verify` (SDPO_SPEC §6; the official `feedback/math.py`).
+then by `math-verify` (docs/ALGORITHM.md §6; the official `feedback/math.py`).
 
 Problem schema: {"id": str, "question": str, "answer": str (the reference, no \\boxed)}.
 Reward 1.0 iff correct.  Feedback is off by default (the issue's choice; the official code turns

@@ -1,4 +1,4 @@
-"""Science multiple choice (SciKnowEval, SDPO_SPEC §6; the official `feedback/mcq.py`).
+"""Science multiple choice (SciKnowEval, docs/ALGORITHM.md §6; the official `feedback/mcq.py`).
 
 Problem schema: {"id": str, "question": str (question, "A: ..." option lines, "Please reason step
 by step."), "answer": "A", "system": SYSTEM_PROMPT}.  Reward 1.0 iff the stripped text between the

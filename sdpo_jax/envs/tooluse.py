@@ -1,4 +1,4 @@
-"""Tool use (ToolAlpaca, Thought / Action / Action Input; SDPO_SPEC §6, the official
+"""Tool use (ToolAlpaca, Thought / Action / Action Input; docs/ALGORITHM.md §6, the official
 `feedback/tooluse.py`).
 
 Problem schema: {"id": str, "question": str (tools + format + question), "answer": [{"Action": str,

@@ -14,15 +14,15 @@ from sdpo_jax.models.config import (ModelConfig, ModelConfigError, config_from_h
                                     SUPPORTED_MODEL_TYPES)
 from sdpo_jax.models.transformer import (default_positions, forward, forward_cached,
                                          hidden_states, init_kv_cache, init_params,
-                                         kv_cache_logical_axes, logits_from_hidden,
-                                         param_logical_axes, param_shapes, rope_inv_freq,
+                                         logits_from_hidden,
+                                         param_logical_axes, param_shapes, param_shardings, param_specs, rope_inv_freq,
                                          unembedding)
 from sdpo_jax.models.hf import CheckpointError, load_pretrained, save_pretrained
 
 __all__ = [
     "ModelConfig", "ModelConfigError", "CheckpointError", "SUPPORTED_MODEL_TYPES",
     "config_from_hf", "config_to_hf", "default_positions", "forward", "forward_cached",
-    "hidden_states", "init_kv_cache", "init_params", "kv_cache_logical_axes",
-    "logits_from_hidden", "param_logical_axes", "param_shapes", "rope_inv_freq", "unembedding",
+    "hidden_states", "init_kv_cache", "init_params",
+    "logits_from_hidden", "param_logical_axes", "param_shapes", "param_shardings", "param_specs", "rope_inv_freq", "unembedding",
     "load_pretrained", "save_pretrained",
 ]

@@ -21,6 +21,9 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from sdpo_jax.sharding import context_mesh_shape, logical_to_spec
 
 MASK_VALUE = -1e30  # finite: fully masked rows stay finite (uniform), never NaN
 
@@ -234,10 +237,6 @@ def _per_shard(fn, q_btnh, k_btkh, v_btkh, valid_bt):
     """Run a fused kernel per device under `jax.set_mesh`: batch over (data, fsdp), heads over
     `tensor` when the KV heads divide it (else replicated). Without a mesh context: a plain call.
     Custom kernels have no SPMD partitioning rule, so this keeps XLA from gathering their inputs."""
-    from jax.sharding import PartitionSpec as P
-
-    from sdpo_jax.sharding import context_mesh_shape, logical_to_spec
-
     sizes = context_mesh_shape()
     if not any(size > 1 for size in sizes.values()):
         return fn(q_btnh, k_btkh, v_btkh, valid_bt)

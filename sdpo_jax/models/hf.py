@@ -26,7 +26,7 @@ import numpy as np
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from sdpo_jax.models.config import ModelConfig, config_from_hf, config_to_hf
-from sdpo_jax.models.transformer import param_shapes
+from sdpo_jax.models.transformer import param_shapes, param_shardings
 
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -240,7 +240,6 @@ def load_pretrained(path: str, *, mesh=None, dtype: str | None = None,
 
     shardings = None
     if mesh is not None:
-        from sdpo_jax.sharding import param_shardings
         shardings = param_shardings(cfg, mesh)
     default = SingleDeviceSharding(jax.devices()[0])
 

@@ -24,10 +24,11 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from sdpo_jax.models.attention import cached_attention, self_attention
 from sdpo_jax.models.config import ModelConfig, rope_dict
-from sdpo_jax.sharding import constrain
+from sdpo_jax.sharding import constrain, logical_to_spec
 
 # ----------------------------------------------------------------------------------------------
 # Parameter specs: shapes, logical axes, init
@@ -90,6 +91,19 @@ def param_logical_axes(cfg: ModelConfig) -> dict:
     """Tree of logical axis-name tuples (see `sdpo_jax.sharding.LOGICAL_RULES`)."""
     return _nest({p: a for p, (_, a, _) in _param_table(cfg).items()})
 
+
+
+def param_specs(cfg: ModelConfig, mesh) -> dict:
+    """Tree of PartitionSpecs for the parameters of `cfg` on `mesh` (`sharding.LOGICAL_RULES`)."""
+    mesh_shape = dict(mesh.shape)
+    return jax.tree.map(lambda a, s: logical_to_spec(a, s, mesh_shape), param_logical_axes(cfg), param_shapes(cfg),
+                        is_leaf=lambda x: isinstance(x, tuple))
+
+
+def param_shardings(cfg: ModelConfig, mesh) -> dict:
+    """Tree of `NamedSharding`s, the same structure as `init_params(cfg, ...)`."""
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_specs(cfg, mesh),
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 def init_params(cfg: ModelConfig, rng: jax.Array, std: float = 0.02, shardings=None) -> dict:
     """Random parameters: N(0, std) matrices, unit norms, zero biases, in `cfg.param_dtype`.
@@ -374,13 +388,6 @@ def init_kv_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32)
     if cfg.kv_cache_layout == "slots_major":
         shape = (cfg.num_layers, max_len, cfg.num_kv_heads, batch, cfg.head_dim)
     return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
-
-
-def kv_cache_logical_axes(cfg: ModelConfig) -> dict:
-    axes = ("layers", "batch", "cache_seq", "kv_heads", "head_dim")
-    if cfg.kv_cache_layout == "slots_major":
-        axes = ("layers", "cache_seq", "kv_heads", "batch", "head_dim")
-    return {"k": axes, "v": axes}
 
 
 def forward_cached(cfg: ModelConfig, params: dict, input_ids, positions, cache: dict,

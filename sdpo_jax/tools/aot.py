@@ -161,12 +161,12 @@ def tpu_devices(name: str):
 def model_config_for(cfg):
     """The run's ModelConfig without weights: a local model.path's config.json, else cfg.model.init with
     model.init.vocab_size (or, when that is unset, the vocabulary of the config's tokenizer)."""
-    from sdpo_jax import models, train
+    from sdpo_jax import models, setup
 
     path = cfg.model.path
     if path and os.path.isfile(os.path.join(path, "config.json")):
         with open(os.path.join(path, "config.json")) as f:
-            return models.config_from_hf(json.load(f), **train.runtime_overrides(cfg))
+            return models.config_from_hf(json.load(f), **setup.runtime_overrides(cfg))
     if path:
         raise ValueError(f"model.path={path!r} has no config.json here; unset it to use model.init (the paper "
                          "configs carry Qwen3-8B's shape)")
@@ -174,8 +174,8 @@ def model_config_for(cfg):
     if vocab is None:
         from sdpo_jax.tokenizer import load_tokenizer
 
-        vocab = -(-len(load_tokenizer(cfg.tokenizer.path)) // 64) * 64  # as train.build_model rounds it
-    return train.init_model_config(cfg, int(vocab))
+        vocab = -(-len(load_tokenizer(cfg.tokenizer.path)) // 64) * 64  # as setup.build_model rounds it
+    return setup.init_model_config(cfg, int(vocab))
 
 
 def resident_state_bytes(cfg, model_cfg, mesh) -> dict[str, int]:
@@ -183,10 +183,10 @@ def resident_state_bytes(cfg, model_cfg, mesh) -> dict[str, int]:
     (compute dtype, when it differs) and the largest KV cache (rollout or evaluation)."""
     import jax.numpy as jnp
 
-    from sdpo_jax import programs, train
+    from sdpo_jax import programs, setup
 
-    settings = train.step_settings(cfg)
-    state = programs.abstract_train_state(model_cfg, settings, train.make_optimizer(cfg), mesh)
+    settings = setup.step_settings(cfg)
+    state = programs.abstract_train_state(model_cfg, settings, setup.make_optimizer(cfg), mesh)
     decode_params = programs.abstract_decode_params(cfg, model_cfg, state, mesh)
     copy = 0 if decode_params is state.params else programs.device_bytes(decode_params)
     row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -333,7 +333,7 @@ def main(argv) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)
     import jax
 
-    from sdpo_jax import compiled_calls, programs, sharding, train
+    from sdpo_jax import compiled_calls, programs, setup, sharding
     from sdpo_jax import config as config_lib
 
     cfg = _CONFIG.value
@@ -369,7 +369,7 @@ def main(argv) -> int:
     except (config_lib.ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    mesh = train.make_run_mesh(cfg, devices)
+    mesh = setup.make_run_mesh(cfg, devices)
     print(f"{_TOPOLOGY.value}: {len(devices)} x {devices[0].device_kind} on {hosts} hosts; mesh {dict(mesh.shape)}; "
           f"model {model_cfg.model_type} L={model_cfg.num_layers} D={model_cfg.hidden_size} V={model_cfg.vocab_size} "
           f"({model_cfg.num_params / 1e9:.2f}B params); attention {model_cfg.attention_impl}", flush=True)
@@ -408,7 +408,7 @@ def main(argv) -> int:
         r = reports[program.name]
         print(f"  {program.name}: peak {_gib(r['peak_bytes'])} GiB, {r['flops'] / 1e9:.1f} GFLOP per device, "
               f"compiled in {r['compile_s']:.0f} s", flush=True)
-    layout = programs.minibatch_layout(cfg, train.step_settings(cfg), mesh)
+    layout = programs.minibatch_layout(cfg, setup.step_settings(cfg), mesh)
     out = {"topology": _TOPOLOGY.value, "chip": kind, "devices": len(devices), "hosts": hosts,
            "mesh": dict(mesh.shape), "programs": reports,
            "run": run_report(cfg, reports, chip, layout, mesh, resident)}

@@ -1,34 +1,8 @@
-"""A sandbox for model-written code: namespaces, an unprivileged uid, rlimits; judged outside.
-
-Why not just rlimits: a process with the trainer's uid can kill the trainer, read its environment
-through /proc, connect to its sockets and write wherever the trainer may; RLIMIT_NPROC does not bind
-root.  So, where the host allows it (`detect_isolation()` probes once per process and logs it):
-
-  ns-root  (host root: this CI box, Colab, `sudo` on a TPU VM)
-           unshare pid+net+mount+ipc+uts namespaces; a launcher (pid 1 of the new pid namespace)
-           builds a fresh read-only root on tmpfs holding only /usr, /lib*, /bin, the Python
-           installation and a size-capped tmpfs /work, chroots into it, and starts each solution
-           process as a per-worker unprivileged uid with no capabilities (bounding set emptied,
-           no_new_privs), a scrubbed environment, rlimits (CPU, address space, file size, open
-           files, processes, no core files) and capped stdout/stderr.  No network (an empty net
-           namespace: not even the host's 127.0.0.1).  When the launcher exits, the kernel kills
-           every process left in the namespace, so orphans and fork storms die with it.
-  ns-user  (non-root with unprivileged user namespaces) the same, inside a user namespace; the
-           solution keeps the mapped uid but no capabilities, and sees no host file it could write.
-  setuid   (root without namespaces) an unprivileged uid, rlimits, a private temporary directory;
-           the host's files stay readable, the network reachable.  Weak.
-  none     rlimits and a temporary directory only: the code environment refuses it unless the user
-           sets `env.unsafe_allow_no_sandbox`.
-
-The trust boundary: expected outputs never enter a solution process.  The launcher (root in the
-namespace, non-dumpable, another uid) compares outputs itself and writes one JSON object to its own
-stdout, which no solution process holds; the host reads back only that JSON, never a pickle.  A
-HumanEval-style check program runs in a separate non-dumpable judge process (another uid where
-possible) whose `candidate` is a proxy to the solution process, so printing what a pass looks like,
-exiting early, monkey-patching or tracing the checker cannot produce a pass.
-
-The launcher and the in-sandbox programs are `sandbox_launcher.py` and `sandbox_runner.py`
-(stdlib only, run with `python -I -S`).
+"""The sandbox's host side, in the environment's worker process: which isolation this host allows
+(`detect_kind`, probed once per process and logged), and `run_job`, which starts the launcher
+(`launcher.py`, as a script, under `unshare` in the namespace kinds), hands it the job, the
+runner's source, the limits and the scrubbed environment as JSON on stdin, and reads back only its
+JSON answer.  The threat model and the kinds are in the package's docstring (`__init__.py`).
 """
 
 from __future__ import annotations
@@ -41,7 +15,7 @@ import signal
 import subprocess
 import sys
 
-from sdpo_jax.envs import sandbox_launcher
+from sdpo_jax.envs.sandbox.confine import kill_uid, killpg
 
 log = logging.getLogger("sdpo_jax.envs.sandbox")
 
@@ -72,7 +46,9 @@ SCRUBBED_ENV = {
     "OPENBLAS_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
 }
-_RUNNER_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_runner.py")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_RUNNER_PATH = os.path.join(_HERE, "runner.py")  # its source goes to the launcher in the job
+_LAUNCHER_PATH = os.path.join(_HERE, "launcher.py")  # run as a script: python -I -S <file>
 
 
 class SandboxUnavailable(RuntimeError):
@@ -95,7 +71,7 @@ def _slot_uid() -> int:
 
 
 def _launcher_cmd(kind: str) -> list:
-    launch = [_host_python(), "-I", "-S", sandbox_launcher.__file__, "launch"]
+    launch = [_host_python(), "-I", "-S", _LAUNCHER_PATH, "launch"]
     ns = ["--pid", "--net", "--mount", "--ipc", "--uts", "--fork", "--kill-child"]
     if kind == "ns-root":
         return ["unshare", *ns, "--", *launch]
@@ -165,14 +141,14 @@ def run_job(job: dict, *, isolation: str | None = None, timeout_s: float | None 
     try:
         out, err = proc.communicate(json.dumps(full).encode("utf-8"), timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        sandbox_launcher.killpg(proc.pid)
+        killpg(proc.pid)
         proc.communicate()
         return {"setup_error": f"the sandbox did not finish within {timeout_s:.0f} s",
                 "host_timeout": True, "isolation": kind}
     finally:
         if kind == "setuid":
-            sandbox_launcher.kill_uid(uid)
-            sandbox_launcher.kill_uid(uid + 1)
+            kill_uid(uid)
+            kill_uid(uid + 1)
     try:
         answer = json.loads(out.decode("utf-8"))
         if not isinstance(answer, dict):

@@ -1,7 +1,8 @@
-"""The programs that run INSIDE the sandbox, as the unprivileged user: stdlib only, run as
+"""The programs that run INSIDE the sandbox, as the unprivileged user: stdlib only.  The launcher
+writes this file's source (read by `host.py`) into the sandbox as `sandbox_runner.py` and runs
 `python -I -S sandbox_runner.py <role> <fds...>`.  Nothing here is trusted by the host: the launcher
-(sandbox.py) compares outputs with the expected values itself, and the model's code only ever sees
-test inputs, never expected outputs.
+(`launcher.py`) compares outputs with the expected values itself, and the model's code only ever
+sees test inputs, never expected outputs.
 
 Roles
   stdio      runs the solution as __main__ with the test input on stdin (one process per test);
