@@ -122,7 +122,6 @@ def build_config(args, spec: dict, model_dir: str, run_dir: str):
     c.checkpoint.export_hf_at_end = False
     c.logging.tensorboard = False
     c.logging.plot = False
-    c.warm_start.steps = 0
     config_lib.validate(c, num_devices=jax.device_count())
     return c
 

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from sdpo_jax import batch as batch_lib  # noqa: E402
-from sdpo_jax import losses, models, train_step as ts  # noqa: E402
+from sdpo_jax import losses, models, programs, train_step as ts  # noqa: E402
 
 SIZES = {
     "tiny": dict(model_type="qwen3", vocab_size=32000, hidden_size=256, intermediate_size=1024, num_layers=4,
@@ -118,8 +118,6 @@ def naive_dense_step(cfg, settings, optimizer):
 
 
 def memory(args):
-    from tests.test_train_step_memory import abstract_step_inputs
-
     cfg = models.ModelConfig(model_type="qwen3", vocab_size=151936, hidden_size=args.mem_hidden, num_layers=1,
                              num_heads=4, num_kv_heads=2, head_dim=16, intermediate_size=4 * args.mem_hidden,
                              qk_norm="per_head", attention_impl="blockwise", attention_block_size=256)
@@ -133,7 +131,7 @@ def memory(args):
     out = {}
     for name in ("topk", "full", "naive dense"):
         settings = base if name != "full" else dataclasses.replace(base, loss_mode="full")
-        state, batch = abstract_step_inputs(cfg, settings, optimizer, completion=t)
+        state, batch = programs.abstract_step_inputs(cfg, settings, optimizer, completion=t)
         fn = naive_dense_step(cfg, settings, optimizer) if name == "naive dense" else \
             ts.make_train_step(cfg, settings, optimizer).jitted
         t0 = time.perf_counter()

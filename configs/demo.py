@@ -16,7 +16,7 @@ knows what the words mean; distilling it teaches the student. The run judges its
 eval.min_gain_points it exits with code 4.
 """
 
-from sdpo_jax.config import base_config
+from sdpo_jax.config import base_config, warm_start_defaults
 
 
 def get_config():
@@ -62,6 +62,7 @@ def get_config():
     c.optim.final_lr_ratio = 0.1
     c.optim.warmup_steps = 0
 
+    c.warm_start = warm_start_defaults()
     c.warm_start.steps = 1500  # a cap: it stops at the first held-out check that passes
     c.warm_start.lr = 3e-3
     c.warm_start.batch_size = 16

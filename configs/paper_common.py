@@ -71,7 +71,6 @@ def qwen3_8b_paper_model(run_dir):
     c.optim.b1 = 0.9
     c.optim.b2 = 0.999
     c.optim.grad_clip = 1.0
-    c.warm_start.steps = 0
     return c
 
 

@@ -14,7 +14,7 @@ first to fit 256 tokens (the teacher prompt's max_len). Budget: under 10 minutes
 """
 
 from configs import demo
-from sdpo_jax.ttt import ttt_defaults
+from sdpo_jax.config import ttt_defaults
 
 
 def get_config():

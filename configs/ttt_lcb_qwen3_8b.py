@@ -19,7 +19,7 @@ prompting with all past feedback FIFO-trimmed to 32k tokens. 90 % bootstrap CIs 
 """
 
 from configs.paper_common import qwen3_8b_paper_model
-from sdpo_jax.ttt import ttt_defaults
+from sdpo_jax.config import ttt_defaults
 
 QUESTIONS_PLACEHOLDER = "<unset; pass --config.ttt.questions=/path/to/lcb_v6_hard.jsonl>"
 

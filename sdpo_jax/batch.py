@@ -12,6 +12,7 @@ are checked (`check`), and nothing downstream re-validates it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -127,8 +128,9 @@ def data_parallel_size(mesh) -> int:
     return 1 if mesh is None else int(mesh.shape["data"] * mesh.shape["fsdp"])
 
 
+@functools.lru_cache(maxsize=8)
 def shardings(mesh) -> RolloutBatch:
-    """Rows over ('data', 'fsdp'), the rest replicated, for every field."""
+    """Rows over ('data', 'fsdp'), the rest replicated, for every field (made once per mesh)."""
     return RolloutBatch(*[sharding.batch_sharding(mesh, FIELD_NDIM[f]) for f in RolloutBatch._fields])
 
 
@@ -137,7 +139,7 @@ def put(batch: RolloutBatch, mesh) -> RolloutBatch:
     whole batch and feeds its own devices' rows. mesh=None: device arrays on the default device."""
     if mesh is None:
         return RolloutBatch(*[jnp.asarray(x) for x in batch])
-    return RolloutBatch(*[sharding.global_from_host(np.asarray(x), s) for x, s in zip(batch, shardings(mesh))])
+    return sharding.tree_from_host(RolloutBatch(*[np.asarray(x) for x in batch]), shardings(mesh))
 
 
 def minibatch_row_indices(group_ids, groups_per_minibatch: int, multiple: int) -> np.ndarray:

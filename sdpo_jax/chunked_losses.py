@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from sdpo_jax import losses
+from sdpo_jax import defaults, losses
 
 _NEG_INF = -jnp.inf
 
@@ -327,8 +327,9 @@ def full_divergence_pass(h_nd, w_dv, t_h_list, t_w_list, lse_s, lse_t, *, alpha:
 # ----------------------------------------------------------------------------- per-token quantities
 
 
-def token_quantities(h_btd, w_dv, teacher_h, teacher_w, completion_ids, *, mode="topk", topk=100,
-                     add_tail=True, alpha=0.5, temperature=1.0, adv_clip=None, vocab_chunk=8192,
+def token_quantities(h_btd, w_dv, teacher_h, teacher_w, completion_ids, *, mode=defaults.LOSS_MODE,
+                     topk=defaults.TOPK, add_tail=defaults.ADD_TAIL, alpha=defaults.ALPHA, temperature=1.0,
+                     adv_clip=None, vocab_chunk=defaults.VOCAB_CHUNK,
                      seq_chunk=None, need_teacher=True) -> dict[str, jax.Array]:
     """Per-token quantities `[B, T]` from hidden states at the completion positions.
 
@@ -363,11 +364,12 @@ def token_quantities(h_btd, w_dv, teacher_h, teacher_w, completion_ids, *, mode=
     return jax.tree.map(lambda x: x.reshape(b, t), out)
 
 
-def distillation_loss_from_hidden(h_btd, w_dv, teacher_h, teacher_w, completion_ids, mask, *, mode="topk",
-                                  topk=100, add_tail=True, alpha=0.5, temperature=1.0, old_logprobs=None,
-                                  is_clip=None, aggregation="seq_mean_token_mean", sampler_logprobs=None,
-                                  rollout_is_clip=None, adv_clip=None, row_weight=None, entropy_mask=None,
-                                  vocab_chunk=8192, seq_chunk=None) -> tuple[jax.Array, dict[str, Any]]:
+def distillation_loss_from_hidden(h_btd, w_dv, teacher_h, teacher_w, completion_ids, mask, *,
+                                  mode=defaults.LOSS_MODE, topk=defaults.TOPK, add_tail=defaults.ADD_TAIL,
+                                  alpha=defaults.ALPHA, temperature=1.0, old_logprobs=None, is_clip=None,
+                                  aggregation=defaults.AGGREGATION, sampler_logprobs=None, rollout_is_clip=None,
+                                  adv_clip=None, row_weight=None, entropy_mask=None,
+                                  vocab_chunk=defaults.VOCAB_CHUNK, seq_chunk=None) -> tuple[jax.Array, dict[str, Any]]:
     """`losses.distillation_loss` computed from hidden states in chunks: same arguments and result,
     with `[B, T, D]` hidden states and `[D, V]` unembeddings in place of the logits."""
     losses.check_loss_options(mode=mode, topk=topk, alpha=alpha, temperature=temperature,

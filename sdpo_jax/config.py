@@ -16,7 +16,8 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sdpo_jax import losses, teacher, train_step
+from sdpo_jax import defaults, losses, teacher, train_step
+from sdpo_jax.ttt import methods as ttt_methods
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -119,37 +120,37 @@ def base_config() -> ConfigDict:
     c.rollout.decode_weights = "sharded"
 
     c.reprompt = ConfigDict()
-    c.reprompt.success_threshold = 0.5
+    c.reprompt.success_threshold = defaults.SUCCESS_THRESHOLD
     c.reprompt.dont_reprompt_on_self_success = True
     c.reprompt.remove_thinking = True
     c.reprompt.include_feedback = True
     c.reprompt.include_solution = True  # False: the teacher never sees a sibling's solution (feedback only)
     c.reprompt.feedback_only_without_solution = True
-    c.reprompt.max_len = 10240
+    c.reprompt.max_len = defaults.REPROMPT_MAX_LEN
     c.reprompt.teacher_prompt_buckets = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 10240)
 
     c.loss = ConfigDict()
-    c.loss.objective = "sdpo"  # sdpo | grpo | hybrid
-    c.loss.hybrid_lambda = 0.9
-    c.loss.mode = "topk"  # topk | full | token
-    c.loss.topk = 100
-    c.loss.add_tail = True
-    c.loss.alpha = 0.5
-    c.loss.is_clip = 2.0
-    c.loss.rollout_is_clip = 2.0
-    c.loss.aggregation = "seq_mean_token_mean"
-    c.loss.clip_low = 0.2
-    c.loss.clip_high = 0.28
-    c.loss.dual_clip = 3.0
+    c.loss.objective = defaults.OBJECTIVE  # sdpo | grpo | hybrid
+    c.loss.hybrid_lambda = defaults.HYBRID_LAMBDA
+    c.loss.mode = defaults.LOSS_MODE  # topk | full | token
+    c.loss.topk = defaults.TOPK
+    c.loss.add_tail = defaults.ADD_TAIL
+    c.loss.alpha = defaults.ALPHA
+    c.loss.is_clip = defaults.IS_CLIP
+    c.loss.rollout_is_clip = defaults.ROLLOUT_IS_CLIP
+    c.loss.aggregation = defaults.AGGREGATION
+    c.loss.clip_low = defaults.CLIP_LOW
+    c.loss.clip_high = defaults.CLIP_HIGH
+    c.loss.dual_clip = defaults.DUAL_CLIP
     c.loss.adv_clip = placeholder(float)
     c.loss.norm_adv_by_std = False
-    c.loss.vocab_chunk = 8192  # vocabulary columns per chunk of the train step's loss
-    c.loss.seq_chunk = 4096  # tokens (of the flattened batch) per chunk of the train step's loss
+    c.loss.vocab_chunk = defaults.VOCAB_CHUNK  # vocabulary columns per chunk of the train step's loss
+    c.loss.seq_chunk = defaults.SEQ_CHUNK  # tokens (of the flattened batch) per chunk of the train step's loss
 
     c.teacher = ConfigDict()
-    c.teacher.kind = "ema"  # ema | trust_region | frozen | live
-    c.teacher.ema_rate = 0.05
-    c.teacher.trust_region_mix = 0.05
+    c.teacher.kind = defaults.TEACHER_KIND  # ema | trust_region | frozen | live
+    c.teacher.ema_rate = defaults.EMA_RATE
+    c.teacher.trust_region_mix = defaults.TRUST_REGION_MIX
 
     c.optim = ConfigDict()
     c.optim.lr = 1e-5
@@ -196,18 +197,28 @@ def base_config() -> ConfigDict:
     c.logging.wandb_project = placeholder(str)
     c.logging.plot = True
     c.logging.progress_bar = True
-
-    c.warm_start = ConfigDict()  # supervised warm start to a held-out criterion (the demo; warm_start.py)
-    c.warm_start.steps = 0  # the step cap; 0 = no warm start
-    c.warm_start.lr = 3e-3
-    c.warm_start.batch_size = 64
-    c.warm_start.feedback_fraction = 0.4  # examples with feedback on a wrong attempt in context
-    c.warm_start.solution_fraction = 0.4  # examples with a sibling's correct solution; the rest: question only
-    c.warm_start.check_every = 100
-    c.warm_start.check_questions = 128
-    c.warm_start.min_solution_accuracy = 0.9  # stop once (a) >= this ...
-    c.warm_start.min_feedback_gain = 0.15  # ... and (b) >= (c) + this
     return c
+
+
+def warm_start_defaults() -> ConfigDict:
+    """The optional `warm_start` group: the demo's supervised warm start to a held-out criterion
+    (warm_start.py). Only the demo's configs add it (c.warm_start = warm_start_defaults())."""
+    c = ConfigDict()
+    c.steps = 0  # the step cap; 0 = no warm start
+    c.lr = 3e-3
+    c.batch_size = 64
+    c.feedback_fraction = 0.4  # examples with feedback on a wrong attempt in context
+    c.solution_fraction = 0.4  # examples with a sibling's correct solution; the rest: question only
+    c.check_every = 100
+    c.check_questions = 128
+    c.min_solution_accuracy = 0.9  # stop once (a) >= this ...
+    c.min_feedback_gain = 0.15  # ... and (b) >= (c) + this
+    return c
+
+
+def warm_start_steps(cfg: ConfigDict) -> int:
+    """cfg.warm_start.steps, 0 for a config without the optional group."""
+    return cfg.warm_start.steps if "warm_start" in cfg else 0
 
 
 def _choices() -> dict[str, tuple[Any, ...]]:
@@ -297,7 +308,10 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
     """Raise ConfigError naming the first bad field and the fix; return None when the config is sound.
     The process count sets no constraint: every process holds the whole generation batch, so mini-batches
     and generation batches of any number of questions run on any number of hosts."""
-    _check_schema(cfg, base_config())
+    schema = base_config()
+    if "warm_start" in cfg:
+        schema.warm_start = warm_start_defaults()
+    _check_schema(cfg, schema)
     for name, choices in _choices().items():
         value = _get(cfg, name)
         if value not in choices:
@@ -313,10 +327,10 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
         positive(name)
     for name in ("optim.lr", "rollout.temperature"):
         positive(name, allow_zero=name == "rollout.temperature")
-    for name in ("eval.every", "checkpoint.every", "optim.minibatch_prompts", "warm_start.steps",
-                 "optim.warmup_steps", "env.num_workers", "logging.context_every"):
+    for name in ("eval.every", "checkpoint.every", "optim.minibatch_prompts", "optim.warmup_steps",
+                 "env.num_workers", "logging.context_every") + (("warm_start.steps",) if "warm_start" in cfg else ()):
         positive(name, allow_zero=True)
-    if cfg.warm_start.steps:
+    if warm_start_steps(cfg):
         for name in ("warm_start.lr", "warm_start.batch_size", "warm_start.check_every", "warm_start.check_questions"):
             positive(name)
         fractions = cfg.warm_start.feedback_fraction + cfg.warm_start.solution_fraction
@@ -378,3 +392,79 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
             raise ConfigError(f"config: {name}={value!r} does not exist")
     if cfg.data.train.endswith(".jsonl") and not os.path.exists(cfg.data.train):
         raise ConfigError(f"config: data.train={cfg.data.train!r} does not exist")
+
+
+# ---------------------------------------------------------------------- test-time SDPO (python -m sdpo_jax.ttt)
+
+
+def ttt_defaults() -> ConfigDict:
+    """The `ttt` group every TTT config adds to `base_config()` (paper values where they exist)."""
+    t = ConfigDict()
+    t.methods = ttt_methods.METHODS
+    t.questions = "synthetic"  # "synthetic" (hard instances, selected below) or a dataset spec / JSONL
+    t.num_questions = 8  # first n questions of the (selected) set; 0 = all
+    t.synthetic_difficulty = 3
+    t.candidate_questions = 64  # synthetic: candidates drawn before selection
+    t.question_seed = 1234
+    t.select_samples = 0  # >0: keep questions whose success rate over this many draws is in
+    t.select_min_rate = 0.0  # [select_min_rate, select_max_rate] (draws independent of best-of-k's)
+    t.select_max_rate = 0.0
+    t.seeds = 5
+    t.budget = 2750  # attempts per question and seed (every attempt counted)
+    t.batch_size = 16  # SDPO attempts per step
+    t.best_of_k_samples = 2944  # N for the unbiased pass@k (>= budget)
+    t.sample_rows = 256  # rows per generate call for best-of-k / selection
+    t.multi_turn_max_prompt_tokens = 32000
+    t.multi_turn_prompt_buckets = (2048, 4096, 8192, 16384, 32768)
+    t.bootstrap_resamples = 1000
+    t.confidence = 0.9
+    t.report_ks = (1, 16, 64, 256, 1024, 2750)
+    t.targets = (0.22, 0.5)  # discovery probabilities for "attempts to reach p"
+    return t
+
+
+def validate_ttt(cfg, *, num_devices: int | None = None) -> None:
+    """Validate the base fields with `config.validate` (on `num_devices` when given) and the `ttt` group
+    here (ConfigError)."""
+    if "ttt" not in cfg:
+        raise ConfigError("config: a TTT config needs a 'ttt' group (c.ttt = ttt.ttt_defaults())")
+    t = cfg.ttt
+    schema = ttt_defaults()
+    for key in t.keys():
+        if key not in schema:
+            raise ConfigError(f"config: unknown key 'ttt.{key}'. Known: {sorted(schema.keys())}")
+    base = cfg.copy_and_resolve_references()
+    with base.unlocked():
+        del base["ttt"]
+    validate(base, num_devices=num_devices)
+    bad = [m for m in t.methods if m not in ttt_methods.METHODS]
+    if bad or not t.methods:
+        raise ConfigError(f"config: ttt.methods={tuple(t.methods)} must be a non-empty subset of {ttt_methods.METHODS}")
+    for name in ("seeds", "budget", "batch_size", "sample_rows", "multi_turn_max_prompt_tokens"):
+        if int(t[name]) < 1:
+            raise ConfigError(f"config: ttt.{name}={t[name]} must be >= 1")
+    if "best_of_k" in t.methods and t.best_of_k_samples < t.budget:
+        raise ConfigError(
+            f"config: ttt.best_of_k_samples={t.best_of_k_samples} must be >= ttt.budget={t.budget} "
+            "(pass@k needs N >= k)")
+    if "multi_turn" in t.methods and t.multi_turn_max_prompt_tokens > max(t.multi_turn_prompt_buckets):
+        raise ConfigError(
+            f"config: ttt.multi_turn_max_prompt_tokens={t.multi_turn_max_prompt_tokens} exceeds the largest of "
+            f"ttt.multi_turn_prompt_buckets={tuple(t.multi_turn_prompt_buckets)}; add a bucket")
+    if not 0.0 <= t.select_min_rate <= t.select_max_rate <= 1.0:
+        raise ConfigError(
+            f"config: need 0 <= ttt.select_min_rate={t.select_min_rate} <= "
+            f"ttt.select_max_rate={t.select_max_rate} <= 1")
+    if t.questions != "synthetic" and ":" not in t.questions.replace("://", "") and not os.path.exists(t.questions):
+        raise ConfigError(f"config: ttt.questions={t.questions!r} does not exist; pass a JSONL of problems "
+                          "(or 'synthetic', or an import path 'pkg.module:function')")
+    if not 0.0 < t.confidence < 1.0:
+        raise ConfigError(f"config: ttt.confidence={t.confidence} must be in (0, 1), e.g. 0.9")
+    if any(k > t.budget or k < 1 for k in t.report_ks):
+        raise ConfigError(
+            f"config: ttt.report_ks={tuple(t.report_ks)} must lie in [1, ttt.budget={t.budget}]")
+    if cfg.data.prompts_per_step != 1 or cfg.rollout.n != t.batch_size:
+        raise ConfigError(
+            f"config: test-time SDPO trains on one question with ttt.batch_size attempts per step; set "
+            f"data.prompts_per_step=1 (got {cfg.data.prompts_per_step}) and rollout.n=ttt.batch_size="
+            f"{t.batch_size} (got {cfg.rollout.n})")

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdpo_jax import defaults
+
 MODES = ("topk", "full", "token")
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum")
 TAIL_CLAMP = -1e-7  # log(sum of top-K probabilities) is clamped here before log(-expm1(.)).
@@ -222,9 +224,9 @@ def sdpo_token_loss(*, mode: str, alpha: float, adv_clip: float | None, ls_bc=No
 # ----------------------------------------------------------------------------- reference entry point
 
 
-def distillation_loss(student_logits, teacher_logits, completion_ids, mask, *, mode="topk", topk=100,
-                      add_tail=True, alpha=0.5, temperature=1.0, old_logprobs=None, is_clip=None,
-                      aggregation="seq_mean_token_mean", sampler_logprobs=None, rollout_is_clip=None,
+def distillation_loss(student_logits, teacher_logits, completion_ids, mask, *, mode=defaults.LOSS_MODE,
+                      topk=defaults.TOPK, add_tail=defaults.ADD_TAIL, alpha=defaults.ALPHA, temperature=1.0,
+                      old_logprobs=None, is_clip=None, aggregation=defaults.AGGREGATION, sampler_logprobs=None, rollout_is_clip=None,
                       adv_clip=None, row_weight=None, entropy_mask=None) -> tuple[jax.Array, dict[str, Any]]:
     """SDPO distillation loss on materialised logits `[B, T, V]` at the completion positions.
 

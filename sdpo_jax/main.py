@@ -30,35 +30,12 @@ _EXPORT_HF_ONLY = flags.DEFINE_string(
 def main(argv: list[str]) -> int:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from absl import logging as absl_logging
-
+    from sdpo_jax import cli
     from sdpo_jax import config as config_lib
 
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax / grain INFO lines drown the progress
-
-    if not flags.FLAGS["config"].present and not os.path.exists(_DEFAULT_CONFIG):
-        print(f"error: no --config given and the default {_DEFAULT_CONFIG} does not exist (configs/ ships with "
-              "the repository, not the wheel): pass --config=PATH/TO/configs/demo.py", file=sys.stderr)
-        return 2
-    cfg = _CONFIG.value
-    try:
-        config_lib.validate(cfg)  # schema, types, ranges, paths: before jax starts
-    except config_lib.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    import jax
-
-    from sdpo_jax import sharding
-
-    sharding.maybe_initialize_distributed()
-    try:
-        config_lib.validate(cfg, num_devices=jax.device_count())
-    except config_lib.ConfigError as err:
-        if jax.process_index() == 0:
-            print(f"error: {err}", file=sys.stderr)
-        return 2
-
+    cfg = cli.validated_config(_CONFIG, _DEFAULT_CONFIG, config_lib.validate)
+    if isinstance(cfg, int):
+        return cfg
     from sdpo_jax import setup
 
     if _EXPORT_HF_ONLY.value:

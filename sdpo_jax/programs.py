@@ -1,8 +1,9 @@
-"""The jitted programs one RL run executes, built from its config alone: abstract arguments (shapes,
-dtypes, shardings), no weights, tokenizer or data.
+"""The jitted programs one RL run executes, built from its resolved settings alone (`ProgramShapes`, made by
+`setup.program_shapes`): abstract arguments (shapes, dtypes, shardings), no weights, tokenizer or data.
 
-    programs = run_programs(cfg, model_cfg, mesh)
-    compiled = programs[0].lower().compile()
+    shapes = setup.program_shapes(cfg)                # the config resolved by set-up, nothing else
+    programs = run_programs(shapes, model_cfg, mesh)
+    compiled = programs[0].compile()
 
 For each program the loop (`sdpo_jax.train`) calls: the loop's own jitted function, its arguments at
 the largest shapes the config allows (the largest prompt / teacher-prompt / completion buckets; the
@@ -33,11 +34,32 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sdpo_jax import batch as batch_lib
-from sdpo_jax import compiled_calls, hlo_flops, models, sampling, setup, sharding
+from sdpo_jax import compiled_calls, hlo_flops, models, rollout, sampling, sharding
 from sdpo_jax import train_step as ts
+from sdpo_jax.ttt import methods as ttt_methods
 from sdpo_jax.sampling_ops import SamplingSpec
 
 MAX_STOP_IDS = 8  # the stop-id vector of the tool's programs (a tokenizer's eos ids + the model's, padded)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramShapes:
+    """What the programs' abstract arguments depend on, resolved from a config by `setup.program_shapes`:
+    the step's settings and optimizer, the rollout's and the evaluation's sampling, generation lengths and
+    cache dtype, whether generate reads a gathered weight copy, the batch's buckets (and reprompt.max_len),
+    questions per step, evaluation cadence and set size, and for a test-time config its settings."""
+    step: ts.StepSettings
+    optimizer: Any
+    rollout_policy: rollout.SamplingPolicy
+    eval_policy: rollout.SamplingPolicy
+    max_new_tokens: int
+    cache_dtype: str
+    decode_gathered: bool
+    batch: batch_lib.BatchShapes
+    prompts_per_step: int
+    eval_every: int
+    eval_prompts: int
+    ttt: ttt_methods.TTTSettings | None = None
 
 
 @dataclasses.dataclass
@@ -126,11 +148,11 @@ def abstract_train_state(model_cfg, settings, optimizer, mesh) -> ts.TrainState:
     return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, shardings)
 
 
-def abstract_decode_params(cfg, model_cfg, state, mesh):
+def abstract_decode_params(shapes: ProgramShapes, model_cfg, state, mesh):
     """The weights `rollout.sample` decodes with: a compute-dtype copy without fsdp (rollout.decode_weights
     "gathered"), a compute-dtype copy in the parameters' sharding (bf16 compute of fp32 weights), or the
     train parameters themselves."""
-    if cfg.rollout.decode_weights == "gathered":
+    if shapes.decode_gathered:
         return jax.tree.map(lambda p, sh: _abstract(p.shape, model_cfg.compute_dtype, sh), state.params,
                             sampling.decode_param_shardings(model_cfg, mesh))
     if jnp.dtype(model_cfg.compute_dtype) == jnp.dtype(model_cfg.param_dtype):
@@ -138,23 +160,37 @@ def abstract_decode_params(cfg, model_cfg, state, mesh):
     return jax.tree.map(lambda p: _abstract(p.shape, model_cfg.compute_dtype, p.sharding), state.params)
 
 
-def buckets_used(cfg) -> dict[str, int]:
-    """The largest prompt, teacher-prompt and completion widths the config allows."""
-    teacher_buckets = tuple(cfg.reprompt.teacher_prompt_buckets)
-    limit = cfg.reprompt.max_len
+def abstract_step_inputs(model_cfg, settings: ts.StepSettings, optimizer, *, prompt: int = 16, completion: int = 2048,
+                         teacher_prompt: int = 32, rows: int = 1) -> tuple[ts.TrainState, batch_lib.RolloutBatch]:
+    """ShapeDtypeStructs of a TrainState and a RolloutBatch on one device (nothing allocated): for compiling
+    the train step alone at a given shape (its memory at a large vocabulary, bench/step.py)."""
+    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.dtype(model_cfg.param_dtype)),
+                          models.param_shapes(model_cfg), is_leaf=lambda x: isinstance(x, tuple))
+    state = jax.eval_shape(lambda p: ts.init_train_state(model_cfg, settings, p, optimizer), params)
+    widths = dict(prompt_ids=prompt, prompt_mask=prompt, teacher_prompt_ids=teacher_prompt,
+                  teacher_prompt_mask=teacher_prompt)
+    fields = {name: jax.ShapeDtypeStruct((rows,) if batch_lib.FIELD_NDIM[name] == 1 else (rows, widths.get(name, completion)),
+                                         batch_lib.FIELD_DTYPES[name]) for name in batch_lib.RolloutBatch._fields}
+    return state, batch_lib.RolloutBatch(**fields)
+
+
+def buckets_used(shapes: ProgramShapes) -> dict[str, int]:
+    """The largest prompt, teacher-prompt and completion widths the settings allow."""
+    b = shapes.batch
+    teacher_buckets, limit = b.teacher_prompt_buckets, b.reprompt.max_len
     teacher = (sampling.pick_bucket(limit, teacher_buckets) if limit and limit <= max(teacher_buckets)
                else max(teacher_buckets))
-    return {"prompt": max(cfg.rollout.prompt_buckets), "teacher_prompt": teacher,
-            "completion": sampling.pick_bucket(cfg.rollout.max_new_tokens, tuple(cfg.rollout.completion_buckets))}
+    return {"prompt": max(b.prompt_buckets), "teacher_prompt": teacher,
+            "completion": sampling.pick_bucket(shapes.max_new_tokens, b.completion_buckets)}
 
 
-def minibatch_layout(cfg, settings, mesh) -> dict[str, int]:
+def minibatch_layout(shapes: ProgramShapes, mesh) -> dict[str, int]:
     """Rows per mini-batch (real and padded to data-parallel size x micro-batches) and mini-batches per step."""
-    groups = cfg.optim.minibatch_prompts or cfg.data.prompts_per_step
-    real = groups * cfg.rollout.n
-    multiple = batch_lib.data_parallel_size(mesh) * settings.micro_batches
+    groups = shapes.step.minibatch_groups or shapes.prompts_per_step
+    real = groups * shapes.rollout_policy.n
+    multiple = batch_lib.data_parallel_size(mesh) * shapes.step.micro_batches
     return {"rows": real, "padded_rows": -(-real // multiple) * multiple,
-            "minibatches": cfg.data.prompts_per_step // groups}
+            "minibatches": shapes.prompts_per_step // groups}
 
 
 def abstract_minibatch(rows: int, widths: dict[str, int], mesh) -> batch_lib.RolloutBatch:
@@ -171,23 +207,23 @@ def abstract_minibatch(rows: int, widths: dict[str, int], mesh) -> batch_lib.Rol
 # ---------------------------------------------------------------------------------------------- programs
 
 
-def _generate_programs(cfg, model_cfg, state, mesh, *, prompts: int, n: int, spec: SamplingSpec,
+def _generate_programs(shapes: ProgramShapes, model_cfg, state, mesh, *, prompts: int, n: int, spec: SamplingSpec,
                        names: tuple[str, str], calls_per_step: float, with_decode: bool = True,
                        prompt_width: int | None = None) -> list[Program]:
     """prefill and decode of `sampling.generate` for `prompts` global prompts x n samples each, at the largest
     rollout prompt bucket unless `prompt_width` (the decode's arguments are the compiled prefill's outputs;
     with_decode=False: the prefill alone, not compiled)."""
     decode_cfg = sampling.decode_model_config(model_cfg, mesh)
-    params = abstract_decode_params(cfg, model_cfg, state, mesh)
+    params = abstract_decode_params(shapes, model_cfg, state, mesh)
     resident = state._replace(params=None) if params is state.params else state
     batch = sampling.padded_prompt_count(prompts, n, mesh)
     replicated = NamedSharding(mesh, P())
-    ids = _abstract((batch, prompt_width or buckets_used(cfg)["prompt"]), jnp.int32, sampling.prompt_sharding(mesh, batch))
+    ids = _abstract((batch, prompt_width or buckets_used(shapes)["prompt"]), jnp.int32, sampling.prompt_sharding(mesh, batch))
     stop_ids = _abstract((sampling.stop_id_slots(MAX_STOP_IDS),), jnp.int32, replicated)
     pad = _abstract((), jnp.int32, replicated)
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
-    cache_dtype = jnp.dtype(cfg.rollout.cache_dtype or model_cfg.compute_dtype)
-    max_new = int(cfg.rollout.max_new_tokens)
+    cache_dtype = jnp.dtype(shapes.cache_dtype or model_cfg.compute_dtype)
+    max_new = int(shapes.max_new_tokens)
     prefill = Program(names[0], sampling._prefill, (decode_cfg,), (params, ids, ids, stop_ids, pad, key),
                       dict(spec=spec, n=int(n), max_new_tokens=max_new, cache_dtype=cache_dtype, mesh=mesh),
                       dict(cfg=decode_cfg, spec=spec, n=int(n), max_new_tokens=max_new, cache_dtype=str(cache_dtype)),
@@ -200,29 +236,30 @@ def _generate_programs(cfg, model_cfg, state, mesh, *, prompts: int, n: int, spe
     return [prefill, decode]
 
 
-def run_programs(cfg, model_cfg, mesh, *, eval_questions: int | None = None,
+def _spec(policy: rollout.SamplingPolicy, vocab: int) -> SamplingSpec:
+    return SamplingSpec(float(policy.temperature), int(policy.top_k), float(policy.top_p)).validate(vocab)
+
+
+def run_programs(shapes: ProgramShapes, model_cfg, mesh, *, eval_questions: int | None = None,
                  only: set[str] | None = None) -> list[Program]:
-    """Every program an RL run with `cfg` executes (see the module docstring), in call order, at the largest
-    shapes the config allows, on `mesh` (its shapes do not depend on how many hosts share it). Compiles a prefill when its decode is
-    wanted (its outputs are the decode's arguments). eval_questions: the evaluation set's size (default
-    data.eval_prompts); only: these program names (default all)."""
+    """Every program an RL run with these settings executes (see the module docstring), in call order, at the
+    largest shapes they allow, on `mesh` (its shapes do not depend on how many hosts share it). Compiles a
+    prefill when its decode is wanted (its outputs are the decode's arguments). eval_questions: the
+    evaluation set's size (default data.eval_prompts); only: these program names (default all)."""
     wanted = set(compiled_calls.PROGRAM_NAMES if only is None else only)
-    settings, optimizer = setup.step_settings(cfg), setup.make_optimizer(cfg)
-    state = abstract_train_state(model_cfg, settings, optimizer, mesh)
-    vocab = model_cfg.vocab_size
-    rollout_spec = SamplingSpec(float(cfg.rollout.temperature), int(cfg.rollout.top_k),
-                                float(cfg.rollout.top_p)).validate(vocab)
+    settings = shapes.step
+    state = abstract_train_state(model_cfg, settings, shapes.optimizer, mesh)
     programs = []
     if wanted & {"prefill", "decode"}:
-        programs += _generate_programs(cfg, model_cfg, state, mesh, prompts=cfg.data.prompts_per_step,
-                                       n=cfg.rollout.n, spec=rollout_spec, names=("prefill", "decode"),
-                                       calls_per_step=1.0, with_decode="decode" in wanted)
+        programs += _generate_programs(shapes, model_cfg, state, mesh, prompts=shapes.prompts_per_step,
+                                       n=shapes.rollout_policy.n, spec=_spec(shapes.rollout_policy, model_cfg.vocab_size),
+                                       names=("prefill", "decode"), calls_per_step=1.0, with_decode="decode" in wanted)
 
-    layout = minibatch_layout(cfg, settings, mesh)
-    minibatch = abstract_minibatch(layout["padded_rows"], buckets_used(cfg), mesh)
+    layout = minibatch_layout(shapes, mesh)
+    minibatch = abstract_minibatch(layout["padded_rows"], buckets_used(shapes), mesh)
     count = layout["minibatches"]
     others = [minibatch] * (count - 1)  # split_minibatches places every mini-batch of the step at once
-    step = ts.make_train_step(model_cfg, settings, optimizer, mesh)  # the loop's own three programs
+    step = ts.make_train_step(model_cfg, settings, shapes.optimizer, mesh)  # the loop's own three programs
     if not settings.old_logprobs_from_step:
         programs.append(Program("old_logprobs", step.old_logprobs, (), (state.params, minibatch), {},
                                 {}, float(count), (state._replace(params=None), others)))
@@ -231,42 +268,40 @@ def run_programs(cfg, model_cfg, mesh, *, eval_questions: int | None = None,
         programs.append(Program("teacher_update", step.teacher_update, (), (state.teacher_params, state.params),
                                 {}, {}, 1.0, (state._replace(params=None, teacher_params=None), others + [minibatch])))
 
-    questions = cfg.data.eval_prompts if eval_questions is None else eval_questions
-    if cfg.eval.every and questions and wanted & {"eval_prefill", "eval_decode"}:
-        per_call = max(cfg.data.prompts_per_step, 1)
-        eval_spec = SamplingSpec(float(cfg.eval.temperature), 0, float(cfg.eval.top_p)).validate(vocab)
-        programs += _generate_programs(cfg, model_cfg, state, mesh, prompts=per_call, n=cfg.eval.n,
-                                       spec=eval_spec, names=("eval_prefill", "eval_decode"),
-                                       calls_per_step=math.ceil(questions / per_call) / cfg.eval.every,
+    questions = shapes.eval_prompts if eval_questions is None else eval_questions
+    if shapes.eval_every and questions and wanted & {"eval_prefill", "eval_decode"}:
+        per_call = max(shapes.prompts_per_step, 1)
+        programs += _generate_programs(shapes, model_cfg, state, mesh, prompts=per_call, n=shapes.eval_policy.n,
+                                       spec=_spec(shapes.eval_policy, model_cfg.vocab_size),
+                                       names=("eval_prefill", "eval_decode"),
+                                       calls_per_step=math.ceil(questions / per_call) / shapes.eval_every,
                                        with_decode="eval_decode" in wanted)
     return [p for p in programs if p.name in wanted]
 
 
-def ttt_programs(cfg, model_cfg, mesh, *, questions: int, only: set[str] | None = None) -> list[Program]:
-    """Every program `python -m sdpo_jax.ttt` runs with `cfg` on `questions` questions: SDPO's rollout (1
-    question x ttt.batch_size attempts), train step and EMA teacher update (`run_programs`; no evaluation),
-    best-of-k / selection sampling (`ttt.sample_success_counts`: its largest call of questions x samples), and
-    multi-turn prompting (`ttt.multi_turn`: one attempt per chain of questions x seeds, padded to a power of
-    two, at the multi-turn prompt bucket of ttt.multi_turn_max_prompt_tokens). calls_per_step counts per
-    SDPO step; the baselines' programs have 0 (they run once per comparison, not per step)."""
-    t = cfg.ttt
+def ttt_programs(shapes: ProgramShapes, model_cfg, mesh, *, questions: int, only: set[str] | None = None) -> list[Program]:
+    """Every program `python -m sdpo_jax.ttt` runs with these settings on `questions` questions: SDPO's rollout
+    (1 question x ttt.batch_size attempts), train step and EMA teacher update (`run_programs`; no evaluation),
+    best-of-k / selection sampling (`ttt.methods.sample_success_counts`: its largest call of questions x
+    samples), and multi-turn prompting (`ttt.methods.multi_turn`: one attempt per chain of questions x seeds,
+    padded to a power of two, at the multi-turn prompt bucket of ttt.multi_turn_max_prompt_tokens).
+    calls_per_step counts per SDPO step; the baselines' programs have 0 (they run once per comparison)."""
+    t = shapes.ttt
     wanted = set(compiled_calls.PROGRAM_NAMES if only is None else only)
-    programs = run_programs(cfg, model_cfg, mesh, only=wanted)
-    settings, optimizer = setup.step_settings(cfg), setup.make_optimizer(cfg)
-    state = abstract_train_state(model_cfg, settings, optimizer, mesh)
-    spec = SamplingSpec(float(cfg.rollout.temperature), int(cfg.rollout.top_k),
-                        float(cfg.rollout.top_p)).validate(model_cfg.vocab_size)
+    programs = run_programs(shapes, model_cfg, mesh, only=wanted)
+    state = abstract_train_state(model_cfg, shapes.step, shapes.optimizer, mesh)
+    spec = _spec(shapes.rollout_policy, model_cfg.vocab_size)
     if "best_of_k" in t.methods and wanted & {"best_of_k_prefill", "best_of_k_decode"}:
         samples = max(t.best_of_k_samples, t.select_samples)
         per_call = max(1, min(samples, t.sample_rows // max(questions, 1) or 1))
         group = max(1, t.sample_rows // per_call)
-        programs += _generate_programs(cfg, model_cfg, state, mesh, prompts=min(group, questions), n=per_call, spec=spec,
-                                       names=("best_of_k_prefill", "best_of_k_decode"), calls_per_step=0.0,
+        programs += _generate_programs(shapes, model_cfg, state, mesh, prompts=min(group, questions), n=per_call,
+                                       spec=spec, names=("best_of_k_prefill", "best_of_k_decode"), calls_per_step=0.0,
                                        with_decode="best_of_k_decode" in wanted)
     if "multi_turn" in t.methods and wanted & {"multi_turn_prefill", "multi_turn_decode"}:
         chains = questions * t.seeds
         width = sampling.pick_bucket(t.multi_turn_max_prompt_tokens, tuple(t.multi_turn_prompt_buckets))
-        programs += _generate_programs(cfg, model_cfg, state, mesh, prompts=1 << (chains - 1).bit_length(), n=1,
+        programs += _generate_programs(shapes, model_cfg, state, mesh, prompts=1 << (chains - 1).bit_length(), n=1,
                                        spec=spec, names=("multi_turn_prefill", "multi_turn_decode"), calls_per_step=0.0,
                                        with_decode="multi_turn_decode" in wanted, prompt_width=width)
     return [p for p in programs if p.name in wanted]
@@ -284,7 +319,7 @@ def _forward_flops(model_cfg, rows: int, length: int, projected: int) -> float:
     return rows * (2 * non_embedding * length + 2 * vocab * d * projected + attention)
 
 
-def model_flops(program: Program, cfg, model_cfg) -> float:
+def model_flops(program: Program, shapes: ProgramShapes, model_cfg) -> float:
     """The model's own FLOPs of one call (global, all devices), counted at the program's shapes:
     train_step: the student's forward on [prompt | completion] x (1 + 2 backward + 1 remat) and the
     teacher's forward on [teacher prompt | completion] (SDPO objectives); old_logprobs: the student's
@@ -299,7 +334,7 @@ def model_flops(program: Program, cfg, model_cfg) -> float:
         if name == "old_logprobs":
             return student
         total = student * (3 + (1 if model_cfg.remat else 0))
-        if cfg.loss.objective != "grpo":
+        if shapes.step.uses_sdpo:
             total += _forward_flops(model_cfg, rows, batch.teacher_prompt_ids.shape[1] + completion, completion)
         return total
     if name == "prefill":

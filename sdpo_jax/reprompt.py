@@ -29,6 +29,7 @@ from typing import Any, Hashable, Sequence
 
 import numpy as np
 
+from sdpo_jax import defaults
 from sdpo_jax.tokenizer import render_chat
 
 # The effective official texts (verl/trainer/config/actor/actor.yaml block scalars, `|-`).
@@ -116,7 +117,7 @@ def build_teacher_prompts(
     feedbacks: Sequence[str | None] | None,
     group_ids: Sequence[Hashable],
     *,
-    success_threshold: float = 0.5,
+    success_threshold: float = defaults.SUCCESS_THRESHOLD,
     dont_reprompt_on_self_success: bool = True,
     remove_thinking: bool = True,
     include_feedback: bool = True,
@@ -126,7 +127,7 @@ def build_teacher_prompts(
     feedback_template: str = FEEDBACK_TEMPLATE,
     instruction: str = INSTRUCTION,
     enable_thinking: bool = False,
-    max_len: int = 10240,
+    max_len: int = defaults.REPROMPT_MAX_LEN,
 ) -> TeacherPrompts:
     """Teacher prompt ids, self-distillation mask and reprompt metrics for N samples.
 

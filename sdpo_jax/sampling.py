@@ -374,10 +374,11 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     compiled_calls.note(program_names[0], (params, ids_bp, mask_bp, stop_ids_e, pad, key),
                         dict(cfg=cfg, spec=spec, n=int(n), max_new_tokens=int(max_new_tokens),
                              cache_dtype=str(cache_dtype)))
-    state = _prefill(cfg, params, ids_bp, mask_bp, stop_ids_e, pad, key, spec=spec, n=int(n),
-                     max_new_tokens=int(max_new_tokens), cache_dtype=cache_dtype, mesh=mesh)
-    compiled_calls.note(program_names[1], (params, state, stop_ids_e, pad, key), dict(cfg=cfg, spec=spec))
-    final, finish = _decode(cfg, params, state, stop_ids_e, pad, key, spec=spec)
+    with sharding_lib.use_mesh(mesh):  # the model's activation constraints apply while sampling too
+        state = _prefill(cfg, params, ids_bp, mask_bp, stop_ids_e, pad, key, spec=spec, n=int(n),
+                         max_new_tokens=int(max_new_tokens), cache_dtype=cache_dtype, mesh=mesh)
+        compiled_calls.note(program_names[1], (params, state, stop_ids_e, pad, key), dict(cfg=cfg, spec=spec))
+        final, finish = _decode(cfg, params, state, stop_ids_e, pad, key, spec=spec)
     del final["cache"]
     keep = num_prompts * n  # the real rows (padding rows dropped)
     out = dict(tokens=final["tokens"], logprobs=final["logprobs"], lengths=final["lengths"], finish_reason=finish)

@@ -5,8 +5,9 @@ checkpointer); below it nothing reads `cfg`.
     run = build_run(cfg)          # train.Run: everything the loop needs
     exit_code = train.loop(run)
 
-`step_settings`, `make_optimizer`, `init_model_config` and `make_run_mesh` also serve the ahead-of-time
-tool (`programs`, `tools/aot.py`), which builds the same programs from abstract arrays.
+`program_shapes` (with `init_model_config` and `make_run_mesh`) serves the ahead-of-time tool
+(`tools/aot.py`): `programs` builds the same jitted programs from it and abstract arrays alone. Test-time
+SDPO shares `build_actor` (`build_ttt`, `run_ttt`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from sdpo_jax import checkpoint as ckpt_lib
 from sdpo_jax import config as config_lib
 from sdpo_jax import data as data_lib
 from sdpo_jax import envs as envs_lib
-from sdpo_jax import models, reprompt, rollout, sampling, sharding, train, warm_start
+from sdpo_jax import models, programs, reprompt, rollout, sampling, sharding, train, warm_start
 from sdpo_jax import train_step as ts
 from sdpo_jax.envs import synthetic
 from sdpo_jax.logging import MetricsLogger, log0
 from sdpo_jax.run_report import EXIT_BAD_INPUT, EXIT_NO_LEARNING, platform_line
 from sdpo_jax.tokenizer import load_tokenizer
+from sdpo_jax.ttt import methods as ttt_methods
 
 # ------------------------------------------------------------------------------------------- settings
 
@@ -130,6 +132,16 @@ def warm_start_settings(cfg) -> warm_start.WarmStartSettings:
         answer_buckets=tuple(cfg.rollout.completion_buckets))
 
 
+def program_shapes(cfg) -> programs.ProgramShapes:
+    """What the run's programs' shapes depend on (the ahead-of-time tool builds them from this alone)."""
+    return programs.ProgramShapes(
+        step=step_settings(cfg), optimizer=make_optimizer(cfg), rollout_policy=rollout_policy(cfg),
+        eval_policy=eval_policy(cfg), max_new_tokens=cfg.rollout.max_new_tokens, cache_dtype=cfg.rollout.cache_dtype,
+        decode_gathered=cfg.rollout.decode_weights == "gathered", batch=batch_shapes(cfg),
+        prompts_per_step=cfg.data.prompts_per_step, eval_every=cfg.eval.every, eval_prompts=cfg.data.eval_prompts,
+        ttt=ttt_settings(cfg) if "ttt" in cfg else None)
+
+
 # ------------------------------------------------------------------------------------------- building
 
 
@@ -177,7 +189,7 @@ def synthetic_splits(cfg) -> dict[str, list[dict]]:
     """The synthetic task's disjoint question sets: RL training, evaluation, the warm start's held-out
     check and its training questions (envs/synthetic.py `make_splits`)."""
     sizes = {"train": cfg.data.synthetic_train_size, "eval": cfg.data.eval_prompts}
-    if cfg.warm_start.steps:
+    if config_lib.warm_start_steps(cfg):
         sizes.update(check=cfg.warm_start.check_questions,
                      warm_start=max(cfg.data.synthetic_train_size, cfg.warm_start.batch_size))
     return synthetic.make_splits(
@@ -201,7 +213,7 @@ def load_splits(cfg) -> dict[str, list[dict]]:
 def initial_params(cfg, actor: rollout.Actor, params, splits: dict[str, list[dict]], log=log0):
     """The model the run starts from: the demo's warm start when cfg.warm_start.steps (made once under
     checkpoint.warm_start_dir and reused), else `params`. Raises warm_start.StaleWarmStart / WarmStartError."""
-    if not cfg.warm_start.steps:
+    if not config_lib.warm_start_steps(cfg):
         return params
     return warm_start.warm_started_params(warm_start_settings(cfg), actor, params, splits, log)
 
@@ -266,3 +278,53 @@ def export_hf_from_run(cfg, out_dir: str) -> None:
         tokenizer.save_pretrained(out_dir)
         print(f"exported step {meta['step']} of {cfg.run_dir} to {out_dir}")
 
+
+# ------------------------------------------------------------------------------------ test-time SDPO
+
+
+def ttt_settings(cfg) -> ttt_methods.TTTSettings:
+    t = cfg.ttt
+    return ttt_methods.TTTSettings(
+        methods=tuple(t.methods), seed=cfg.seed, seeds=t.seeds, budget=t.budget, batch_size=t.batch_size,
+        best_of_k_samples=t.best_of_k_samples, sample_rows=t.sample_rows, num_questions=t.num_questions,
+        select_samples=t.select_samples, select_min_rate=t.select_min_rate, select_max_rate=t.select_max_rate,
+        multi_turn_max_prompt_tokens=t.multi_turn_max_prompt_tokens,
+        multi_turn_prompt_buckets=tuple(t.multi_turn_prompt_buckets), bootstrap_resamples=t.bootstrap_resamples,
+        confidence=t.confidence, report_ks=tuple(t.report_ks), targets=tuple(t.targets),
+        success_threshold=cfg.reprompt.success_threshold, run_dir=cfg.run_dir, config=cfg.to_dict())
+
+
+def ttt_candidates(cfg) -> list[dict]:
+    """The candidate questions: instances of the RL task (ttt.questions "synthetic", with the demo's data
+    options) or a dataset spec / JSONL for the env."""
+    t = cfg.ttt
+    if t.questions == "synthetic":
+        return data_lib.load_dataset("synthetic", n=t.candidate_questions, seed=t.question_seed,
+                                     difficulty=t.synthetic_difficulty, final_ops=tuple(cfg.data.synthetic_final_ops),
+                                     uniform_answers=cfg.data.synthetic_uniform_answers,
+                                     aliases=cfg.data.synthetic_aliases)
+    return data_lib.load_dataset(t.questions, env=cfg.env.name)
+
+
+def build_ttt(cfg, *, devices=None, log=log0):
+    """(TTTRun, initial params, close): `build_actor`, then the demo's warm start (reused from
+    checkpoint.warm_start_dir, made there when missing)."""
+    actor, params, close = build_actor(cfg, devices=devices)
+    try:
+        if config_lib.warm_start_steps(cfg):
+            params = initial_params(cfg, actor, params, load_splits(cfg), log)
+    except BaseException:
+        close()
+        raise
+    run = ttt_methods.TTTRun(settings=ttt_settings(cfg), actor=actor, step_settings=step_settings(cfg),
+                             shapes=batch_shapes(cfg), optimizer=make_optimizer(cfg))
+    return run, params, close
+
+
+def run_ttt(cfg, *, devices=None, log=log0) -> dict:
+    """The whole comparison of `python -m sdpo_jax.ttt` (`ttt.methods.compare`) on cfg's questions."""
+    run, params0, close = build_ttt(cfg, devices=devices, log=log)
+    try:
+        return ttt_methods.compare(run, params0, ttt_candidates(cfg), log=log)
+    finally:
+        close()

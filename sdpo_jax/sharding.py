@@ -230,6 +230,11 @@ def global_from_host(x_global: np.ndarray, sharding: NamedSharding) -> jax.Array
     return jax.make_array_from_callback(x_global.shape, sharding, lambda index: x_global[index])
 
 
+def tree_from_host(tree: Any, shardings: Any) -> Any:
+    """`global_from_host` leaf by leaf (a tree of host arrays every process holds in full)."""
+    return jax.tree.map(global_from_host, tree, shardings)
+
+
 def replicated_key(key, mesh: Mesh):
     """A PRNG key replicated over `mesh` (works when the mesh spans processes, where `device_put` of a
     key to a non-addressable sharding is refused): the same key data on every process."""

@@ -27,7 +27,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 
-from sdpo_jax import models
+from sdpo_jax import defaults, models
 
 
 def _hidden(model_cfg, params, ids, mask, positions):
@@ -43,8 +43,8 @@ def _unembedding(model_cfg, params):
 class Teacher:
     """A teacher kind (hashable: part of the train step's static settings). `rate` / `mix` are the kinds'
     knobs (config teacher.ema_rate / teacher.trust_region_mix); a kind ignores those it does not use."""
-    rate: float = 0.05
-    mix: float = 0.05
+    rate: float = defaults.EMA_RATE
+    mix: float = defaults.TRUST_REGION_MIX
     owns_params: ClassVar[bool] = True  # False: no parameters of its own (reads the student's)
     updates: ClassVar[bool] = False  # True: `update` runs once per generation batch
 
@@ -102,7 +102,7 @@ TEACHERS: dict[str, type[Teacher]] = {
 }
 
 
-def make(kind: str, *, rate: float = 0.05, mix: float = 0.05) -> Teacher:
+def make(kind: str, *, rate: float = defaults.EMA_RATE, mix: float = defaults.TRUST_REGION_MIX) -> Teacher:
     """The registered teacher `kind` (ValueError naming teacher.kind and the registered kinds)."""
     if kind not in TEACHERS:
         raise ValueError(f"teacher.kind={kind!r} is not one of {tuple(TEACHERS)}")
@@ -121,7 +121,8 @@ def init_teacher_params(kind: str, params):
     return make(kind).init_params(params)
 
 
-def teacher_logits(model_cfg, kind: str, params, teacher_params, ids_bl, mask_bl, *, mix: float = 0.05):
+def teacher_logits(model_cfg, kind: str, params, teacher_params, ids_bl, mask_bl, *,
+                   mix: float = defaults.TRUST_REGION_MIX):
     """Materialised teacher logits [B, L, V] (fp32, no gradient): the reference for tests and small runs."""
     h_list, w_list = make(kind, mix=mix).hidden_terms(model_cfg, params, teacher_params, ids_bl, mask_bl)
     return sum(jnp.einsum("bld,dv->blv", h, wt.astype(h.dtype), preferred_element_type=jnp.float32)

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sdpo_jax import chunked_losses, compiled_calls, losses, models, sharding
+from sdpo_jax import chunked_losses, compiled_calls, defaults, losses, models, sharding
 from sdpo_jax import teacher as teacher_lib
 from sdpo_jax.batch import RolloutBatch, data_parallel_size, shardings as batch_shardings, split_minibatches
 
@@ -57,8 +57,7 @@ class StepSettings:
     is_clip: distillation IS weight clip (None = no IS weight); rollout_is_clip: rollout TIS clip (None = off).
     aggregation: seq_mean_token_mean | token_mean | seq_mean_token_sum. temperature: the rollout's.
     clip_low / clip_high / dual_clip: PPO clip (GRPO and hybrid). adv_clip: per-logit advantage clip
-    (reverse KL / token mode; None = off). norm_adv_by_std: GRPO advantage normalisation (used by
-    `update_on_generation_batch(recompute_advantages=True)`).
+    (reverse KL / token mode; None = off). norm_adv_by_std: GRPO advantage normalisation (`batch.build` applies it).
     teacher_kind: ema | trust_region | frozen | live; ema_rate; trust_region_mix.
     vocab_chunk: vocabulary columns per chunk; seq_chunk: at most this many tokens (of a micro-batch's
     flattened B*T) per logits block, so a block is at most seq_chunk x vocab_chunk fp32 (None/0 = all
@@ -67,26 +66,26 @@ class StepSettings:
     not finite is always skipped. old_logprobs_from_step: one optimizer step per generation batch
     (on-policy), so pi_old is the current policy: the step uses stop_gradient of its own log-probs and
     `update_on_generation_batch` skips the separate old-log-prob forward (TRL does the same)."""
-    objective: str = "sdpo"
-    hybrid_lambda: float = 0.9
-    loss_mode: str = "topk"
-    topk: int | None = 100
-    add_tail: bool = True
-    alpha: float = 0.5
-    is_clip: float | None = 2.0
-    rollout_is_clip: float | None = 2.0
-    aggregation: str = "seq_mean_token_mean"
+    objective: str = defaults.OBJECTIVE
+    hybrid_lambda: float = defaults.HYBRID_LAMBDA
+    loss_mode: str = defaults.LOSS_MODE
+    topk: int | None = defaults.TOPK
+    add_tail: bool = defaults.ADD_TAIL
+    alpha: float = defaults.ALPHA
+    is_clip: float | None = defaults.IS_CLIP
+    rollout_is_clip: float | None = defaults.ROLLOUT_IS_CLIP
+    aggregation: str = defaults.AGGREGATION
     temperature: float = 1.0
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    dual_clip: float | None = 3.0
+    clip_low: float = defaults.CLIP_LOW
+    clip_high: float = defaults.CLIP_HIGH
+    dual_clip: float | None = defaults.DUAL_CLIP
     adv_clip: float | None = None
     norm_adv_by_std: bool = False
-    teacher_kind: str = "ema"
-    ema_rate: float = 0.05
-    trust_region_mix: float = 0.05
-    vocab_chunk: int = 8192
-    seq_chunk: int | None = 4096
+    teacher_kind: str = defaults.TEACHER_KIND
+    ema_rate: float = defaults.EMA_RATE
+    trust_region_mix: float = defaults.TRUST_REGION_MIX
+    vocab_chunk: int = defaults.VOCAB_CHUNK
+    seq_chunk: int | None = defaults.SEQ_CHUNK
     micro_batches: int = 1
     minibatch_groups: int = 0
     old_logprobs_from_step: bool = False

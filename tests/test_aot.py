@@ -59,7 +59,7 @@ def test_tool_programs_are_the_calls_the_loop_makes(tmp_path, variant):
             loop.append(call)
     mesh = setup.make_run_mesh(cfg)
     model_cfg, _ = setup.build_model(cfg, load_tokenizer(cfg.tokenizer.path), mesh)
-    tool = [p.signature() for p in programs.run_programs(cfg, model_cfg, mesh)]
+    tool = [p.signature() for p in programs.run_programs(setup.program_shapes(cfg), model_cfg, mesh)]
     expected = {"demo": ["prefill", "decode", "train_step", "eval_prefill", "eval_decode"],
                 "ema_minibatches_bf16": ["prefill", "decode", "old_logprobs", "train_step", "teacher_update",
                                          "eval_prefill", "eval_decode"]}[variant]
@@ -74,20 +74,19 @@ def test_tool_programs_are_the_calls_test_time_sdpo_makes(tmp_path):
     """Invariant: for a test-time config, `ttt_programs` (what the tool compiles) builds exactly the distinct
     calls a 2-question x 2-seed run of `sdpo_jax.ttt` makes, captured from it: SDPO's rollout, train step and
     EMA teacher update, best-of-k sampling and multi-turn prompting (names, statics, shapes, dtypes, shardings)."""
-    from sdpo_jax import ttt
     from tests.test_ttt import _tiny_config
 
     cfg = _tiny_config(tmp_path)
     devices = jax.devices()[:1]
     with compiled_calls.capture() as calls:
-        ttt.run_ttt(cfg, devices=devices, log=lambda *a: None)
+        setup.run_ttt(cfg, devices=devices, log=lambda *a: None)
     loop = []
     for call in calls:
         if not any(call.matches(seen) for seen in loop):
             loop.append(call)
     mesh = setup.make_run_mesh(cfg, devices)
     model_cfg, _ = setup.build_model(cfg, load_tokenizer(cfg.tokenizer.path), mesh)
-    tool = [p.signature() for p in programs.ttt_programs(cfg, model_cfg, mesh, questions=cfg.ttt.num_questions)]
+    tool = [p.signature() for p in programs.ttt_programs(setup.program_shapes(cfg), model_cfg, mesh, questions=cfg.ttt.num_questions)]
     assert [s.name for s in tool] == ["prefill", "decode", "train_step", "teacher_update", "best_of_k_prefill",
                                       "best_of_k_decode", "multi_turn_prefill", "multi_turn_decode"]
     assert sorted(s.name for s in loop) == sorted(s.name for s in tool)
@@ -104,7 +103,7 @@ def test_tpu_decode_holds_the_kv_cache_once():
     cfg.rollout.max_new_tokens, cfg.rollout.completion_buckets, cfg.rollout.prompt_buckets = 2048, (2048,), (256,)
     cfg.model.compute_dtype = cfg.rollout.cache_dtype = "bfloat16"
     mesh = setup.make_run_mesh(cfg, _tpu_devices("v5e-1"))
-    prefill, decode = programs.run_programs(cfg, aot.model_config_for(cfg), mesh, only={"prefill", "decode"})
+    prefill, decode = programs.run_programs(setup.program_shapes(cfg), aot.model_config_for(cfg), mesh, only={"prefill", "decode"})
     cache = programs.device_bytes(decode.arguments()[1]["cache"])
     temp = decode.compile().memory_analysis().temp_size_in_bytes
     assert cache > 2**28 and temp < cache / 4, (temp / 2**20, cache / 2**20)

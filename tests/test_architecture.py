@@ -9,12 +9,12 @@ from sdpo_jax import config as config_lib
 from sdpo_jax import setup
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "sdpo_jax"
-# Entry points may import late (to report config errors before jax starts) and read the config.
-ENTRY_POINTS = {"sdpo_jax.main", "sdpo_jax.ttt", "sdpo_jax.tools.aot", "sdpo_jax.tools.check_hf",
+# Entry points may import late (to report config errors before jax starts) and read the config; `cli` is
+# the part the command lines share.
+ENTRY_POINTS = {"sdpo_jax.main", "sdpo_jax.ttt.__main__", "sdpo_jax.cli", "sdpo_jax.tools.aot", "sdpo_jax.tools.check_hf",
                 "sdpo_jax.tools.prepare_lcb", "sdpo_jax.tools.trace_crossings"}
-# Modules that read the config: the schema, set-up, and the entry points. `programs` (the ahead-of-time
-# tool's builder) still reads it too: to be moved behind set-up's typed settings.
-READS_CONFIG = {"sdpo_jax.config", "sdpo_jax.setup", "sdpo_jax.programs"} | ENTRY_POINTS
+# Modules that read the config: the schema, set-up, and the entry points.
+READS_CONFIG = {"sdpo_jax.config", "sdpo_jax.setup"} | ENTRY_POINTS
 # A subprocess script, run by path outside the package (its late import is explained in the file).
 LATE_IMPORT_SCRIPTS = {"sdpo_jax.envs.sandbox.launcher"}
 

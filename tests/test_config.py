@@ -179,3 +179,12 @@ def test_installed_package_without_configs_asks_for_a_config_path(tmp_path):
                               text=True, timeout=120)
         assert proc.returncode == 2, module + proc.stdout + proc.stderr
         assert "pass --config=" in proc.stderr and "Traceback" not in proc.stderr, module + proc.stderr
+
+
+def test_the_command_lines_import_as_modules():
+    """`sdpo_jax.main` and `sdpo_jax.ttt.__main__` import as plain modules (each in its own process: both define
+    absl's --config) and expose main / entry, so a launcher or a notebook can call them."""
+    for module in ("sdpo_jax.main", "sdpo_jax.ttt.__main__"):
+        proc = subprocess.run([sys.executable, "-c", f"import {module} as m; print(callable(m.main), callable(m.entry))"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.split() == ["True", "True"], module + proc.stdout + proc.stderr

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from sdpo_jax.envs import Score, Scorer, base, close_all, get_env, score_batch
+from sdpo_jax.envs import Score, Scorer, base, get_env
 
 ENV = "tests.test_envs_base"
 
@@ -84,14 +84,15 @@ def test_items_run_in_parallel():
     assert elapsed < 3.0, elapsed
 
 
-def test_score_batch_keeps_its_pool():
-    """score_batch reuses one pool per argument set between calls; close_all ends them."""
-    a, _ = score_batch(ENV, [{"mode": "ok"}], ["x"], num_workers=1)
-    b, _ = score_batch(ENV, [{"mode": "ok"}], ["y"], num_workers=1)
+def test_a_scorer_keeps_its_pool_between_calls():
+    """One Scorer (one per run) scores successive batches in the same worker process; close() ends it."""
+    scorer = Scorer(ENV, num_workers=1)
+    a, _ = scorer.score([{"mode": "ok"}], ["x"])
+    b, _ = scorer.score([{"mode": "ok"}], ["y"])
     assert a[0].info["pid"] == b[0].info["pid"]
-    assert len(base._SCORERS) >= 1
-    close_all()
-    assert base._SCORERS == {}
+    scorer.close()
+    with pytest.raises(OSError):
+        os.kill(a[0].info["pid"], 0)
 
 
 def test_check_ready_refuses_at_construction():

@@ -72,7 +72,6 @@ SHARED = {
     "optim.grad_clip": 1.0,
     "model.compute_dtype": "bfloat16",             # fp32 params with bf16 compute
     "model.param_dtype": "float32",
-    "warm_start.steps": 0,
 }
 # §3 "no rich feedback" column (science Q&A and tool use).
 SECTION3 = {
@@ -143,11 +142,13 @@ def test_paper_configs_validate_on_their_meshes(name):
 
 @pytest.mark.parametrize("name", SDPO_CONFIGS)
 def test_sdpo_configs_match_spec_table(name):
-    """Each SDPO config's hyperparameters equal docs/ALGORITHM.md §8's column for its section (literals)."""
+    """Each SDPO config's hyperparameters equal docs/ALGORITHM.md §8's column for its section (literals), and it
+    has no warm start (the demo's optional group is absent)."""
     cfg = _load(name)
     wrong = {field: (_get(cfg, field), want) for field, want in EXPECTED[name].items()
              if _get(cfg, field) != want or type(_get(cfg, field)) is not type(want)}
     assert not wrong, f"{name}: (got, spec) per field: {wrong}"
+    assert "warm_start" not in cfg
 
 
 @pytest.mark.parametrize("name", GRPO_CONFIGS)

@@ -1,32 +1,12 @@
 """The whole compiled train step at Qwen's vocabulary never holds a [T, V] logits array."""
 
-import jax
-import jax.numpy as jnp
-
-from sdpo_jax import batch as batch_lib
-from sdpo_jax import models, train_step as ts
+from sdpo_jax import models, programs, train_step as ts
 
 BIG_VOCAB = models.ModelConfig(model_type="qwen3", vocab_size=151936, hidden_size=64, num_layers=1, num_heads=4,
                                num_kv_heads=2, head_dim=16, intermediate_size=128, qk_norm="per_head",
                                attention_impl="blockwise", attention_block_size=256)
 # Blockwise attention: with the plain one, the model's own [heads, T, T] scores and their backward (about
 # 200 MiB here) would dominate; they are the model's concern, not the loss's.
-
-
-def abstract_step_inputs(model_cfg, settings, optimizer, *, prompt=16, completion=2048, teacher_prompt=32, rows=1):
-    """ShapeDtypeStructs of a TrainState and a RolloutBatch (nothing allocated)."""
-    state = jax.eval_shape(lambda: ts.init_train_state(
-        model_cfg, settings, models.init_params(model_cfg, jax.random.key(0)), optimizer))
-    i32, f32 = jnp.int32, jnp.float32
-    sds = jax.ShapeDtypeStruct
-    batch = batch_lib.RolloutBatch(
-        prompt_ids=sds((rows, prompt), i32), prompt_mask=sds((rows, prompt), i32),
-        completion_ids=sds((rows, completion), i32), completion_mask=sds((rows, completion), i32),
-        teacher_prompt_ids=sds((rows, teacher_prompt), i32), teacher_prompt_mask=sds((rows, teacher_prompt), i32),
-        sd_mask=sds((rows,), f32), old_logprobs=sds((rows, completion), f32),
-        sampler_logprobs=sds((rows, completion), f32), rewards=sds((rows,), f32), group_ids=sds((rows,), i32),
-        advantages=sds((rows,), f32), row_weight=sds((rows,), f32))
-    return state, batch
 
 
 def test_whole_train_step_temp_memory_below_half_a_logits_array():
@@ -36,7 +16,7 @@ def test_whole_train_step_temp_memory_below_half_a_logits_array():
     the [V, D] embedding gradient, its unembedding twin and AdamW's temporaries.)"""
     settings = ts.StepSettings(teacher_kind="ema", topk=100, alpha=0.5, vocab_chunk=8192)
     optimizer = ts.make_optimizer(1e-5, 10)
-    state, batch = abstract_step_inputs(BIG_VOCAB, settings, optimizer)
+    state, batch = programs.abstract_step_inputs(BIG_VOCAB, settings, optimizer)
     step = ts.make_train_step(BIG_VOCAB, settings, optimizer)
     temp = step.jitted.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
     half_tv = 2048 * 151936 * 4 / 2

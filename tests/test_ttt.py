@@ -1,4 +1,4 @@
-"""Test-time SDPO and its baselines (sdpo_jax/ttt.py): multi-turn prompts, config checks, the loop."""
+"""Test-time SDPO and its baselines (sdpo_jax/ttt/): multi-turn prompts, config checks, the loop."""
 
 import json
 import os
@@ -9,7 +9,8 @@ import pytest
 
 from configs import ttt_demo
 from sdpo_jax import config as config_lib
-from sdpo_jax import reprompt, ttt
+from sdpo_jax import reprompt, setup
+from sdpo_jax.ttt import methods as ttt
 from sdpo_jax.envs import synthetic
 from sdpo_jax.envs.base import Score
 from sdpo_jax.tokenizer import apply_chat_template, load_tokenizer
@@ -68,33 +69,33 @@ def test_validate_ttt_names_the_bad_field(tmp_path):
     """validate_ttt rejects unknown ttt keys, N < budget for best-of-k, and a batch that is not one
     question x ttt.batch_size attempts; the shipped configs validate."""
     for module in (ttt_demo,):
-        ttt.validate_ttt(module.get_config())
+        config_lib.validate_ttt(module.get_config())
     from configs import ttt_lcb_qwen3_8b
 
     paper = ttt_lcb_qwen3_8b.get_config()
     with pytest.raises(config_lib.ConfigError, match="ttt.questions"):
-        ttt.validate_ttt(paper)  # the question file is a placeholder until the user passes one
+        config_lib.validate_ttt(paper)  # the question file is a placeholder until the user passes one
     questions = tmp_path / "hard.jsonl"
     questions.write_text("{}\n")
     paper.ttt.questions = str(questions)
-    ttt.validate_ttt(paper)
+    config_lib.validate_ttt(paper)
     cfg = ttt_demo.get_config()
     cfg.ttt.best_of_k_samples = 10
     with pytest.raises(config_lib.ConfigError, match="best_of_k_samples"):
-        ttt.validate_ttt(cfg)
+        config_lib.validate_ttt(cfg)
     cfg = ttt_demo.get_config()
     cfg.rollout.n = 8
     with pytest.raises(config_lib.ConfigError, match="rollout.n"):
-        ttt.validate_ttt(cfg)
+        config_lib.validate_ttt(cfg)
     cfg = ttt_demo.get_config()
     cfg.ttt.select_min_rate = 0.5
     with pytest.raises(config_lib.ConfigError, match="select_min_rate"):
-        ttt.validate_ttt(cfg)
+        config_lib.validate_ttt(cfg)
     cfg = ttt_demo.get_config()
     with cfg.ttt.unlocked():
         cfg.ttt.budgett = 3
     with pytest.raises(config_lib.ConfigError, match="ttt.budgett"):
-        ttt.validate_ttt(cfg)
+        config_lib.validate_ttt(cfg)
 
 
 def _tiny_config(run_dir):
@@ -116,7 +117,7 @@ def _tiny_config(run_dir):
     t.best_of_k_samples, t.select_samples, t.candidate_questions = 16, 0, 2
     t.bootstrap_resamples, t.report_ks, t.multi_turn_max_prompt_tokens = 50, (1, 8, 16), 128
     t.multi_turn_prompt_buckets = (128,)
-    ttt.validate_ttt(c)
+    config_lib.validate_ttt(c)
     return c
 
 
@@ -125,7 +126,7 @@ def test_two_question_run_completes_and_restores_weights_between_questions(tmp_p
     (question, seed) SDPO run starts from the initial weights (fingerprint equal), really trains
     (end fingerprint differs, steps >= 1), and the initial weights are never modified."""
     cfg = _tiny_config(tmp_path)
-    out = ttt.run_ttt(cfg, devices=jax.devices()[:1], log=lambda *a: None)
+    out = setup.run_ttt(cfg, devices=jax.devices()[:1], log=lambda *a: None)
     rows = out["rows"]
     sdpo = [r for r in rows if r["method"] == "sdpo"]
     assert len(sdpo) == 4 and {r["question_index"] for r in sdpo} == {0, 1}
@@ -151,7 +152,7 @@ def test_first_success_counts_every_attempt_and_stops(tmp_path):
     cfg = _tiny_config(tmp_path)
     cfg.ttt.budget = 32
     cfg.ttt.best_of_k_samples = 32
-    run, params0, close = ttt.setup(cfg, devices=jax.devices()[:1], log=lambda *a: None)
+    run, params0, close = setup.build_ttt(cfg, devices=jax.devices()[:1], log=lambda *a: None)
     calls = {"n": 0}
 
     def scorer(problems, texts, truncated):
@@ -163,11 +164,9 @@ def test_first_success_counts_every_attempt_and_stops(tmp_path):
         run.actor.scorer = scorer
         from sdpo_jax import train_step as ts
 
-        optimizer = ts.make_optimizer(cfg.optim.lr, 0)
-        step = ts.make_train_step(run.actor.model_cfg, run.settings, optimizer, run.actor.mesh)
+        step = ts.make_train_step(run.actor.model_cfg, run.step_settings, run.optimizer, run.actor.mesh)
         problem = synthetic.make_problems(1, seed=3, difficulty=3)[0]
-        result = ttt.sdpo_on_question(run, params0, problem, seed=0, question_index=0, optimizer=optimizer,
-                                      train_step=step)
+        result = ttt.sdpo_on_question(run, params0, problem, seed=0, question_index=0, train_step=step)
         assert (result["first_success"], result["steps"], result["attempts"]) == (21, 2, 24)
 
         calls["n"] = 0
@@ -185,11 +184,13 @@ def test_first_success_counts_every_attempt_and_stops(tmp_path):
                                                           range(len(texts))], {})
         cfg.ttt.select_samples, cfg.ttt.candidate_questions = 8, 3
         cfg.ttt.select_min_rate, cfg.ttt.select_max_rate = 0.2, 0.3  # every question: 2 of 8
-        picked, info = ttt.load_questions(run, params0, log=lambda *a: None)
+        run.settings = setup.ttt_settings(cfg)
+        picked, info = ttt.select_questions(run, params0, setup.ttt_candidates(cfg), log=lambda *a: None)
         assert len(picked) == 2 and info["candidate_rates"] == [0.25] * 3  # num_questions=2 of 3 kept
         cfg.ttt.select_min_rate = 0.5
+        run.settings = setup.ttt_settings(cfg)
         with pytest.raises(ValueError, match="select_min_rate"):
-            ttt.load_questions(run, params0, log=lambda *a: None)
+            ttt.select_questions(run, params0, setup.ttt_candidates(cfg), log=lambda *a: None)
     finally:
         close()
     assert np.isfinite(result["end_fingerprint"])

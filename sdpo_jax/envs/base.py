@@ -8,7 +8,7 @@ and optionally `validate_problem(problem)` (raises ValueError naming the bad fie
 environment with no sandbox).  Built-in names: code, math, mcq, tooluse, synthetic; anything else is
 an import path ("my_pkg.my_env" or "my_pkg.my_env:ENV").
 
-`Scorer` / `score_batch` run many `score` calls in parallel in a pool of worker processes that stays
+`Scorer` runs many `score` calls in parallel in a pool of worker processes that stays
 alive between calls.  Requests and answers cross the process boundary as JSON (never pickles), each
 item has a wall-clock limit, and a worker that crashes, hangs or raises turns into
 Score(0.0, <explanation>, {"error": ...}) for that item and a counter in the stats: never an
@@ -17,7 +17,6 @@ exception in the trainer.
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import json
 import logging
@@ -354,30 +353,3 @@ class Scorer:
                      mean_reward=sum(s.reward for s in results) / n if n else 0.0,
                      workers=self.num_workers)
         return results, stats
-
-
-_SCORERS: dict = {}
-
-
-def score_batch(env_name: str, problems: Sequence[dict], completions: Sequence[str],
-                truncated: Sequence[bool] | None = None, *, num_workers: int | None = None,
-                timeout_s: float = 30.0, env_options: dict | None = None
-                ) -> tuple[list[Score], dict]:
-    """`Scorer(...).score(...)` with the pool kept alive between calls (one per distinct
-    arguments); `close_all()` (also registered at exit) shuts them down."""
-    key = (env_name, num_workers, float(timeout_s), json.dumps(env_options or {}, sort_keys=True))
-    scorer = _SCORERS.get(key)
-    if scorer is None:
-        scorer = _SCORERS[key] = Scorer(env_name, num_workers=num_workers, timeout_s=timeout_s,
-                                        env_options=env_options)
-    return scorer.score(problems, completions, truncated)
-
-
-def close_all() -> None:
-    """Shut down every pool `score_batch` started."""
-    while _SCORERS:
-        _, scorer = _SCORERS.popitem()
-        scorer.close()
-
-
-atexit.register(close_all)

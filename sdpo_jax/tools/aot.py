@@ -185,13 +185,13 @@ def resident_state_bytes(cfg, model_cfg, mesh) -> dict[str, int]:
 
     from sdpo_jax import programs, setup
 
-    settings = setup.step_settings(cfg)
-    state = programs.abstract_train_state(model_cfg, settings, setup.make_optimizer(cfg), mesh)
-    decode_params = programs.abstract_decode_params(cfg, model_cfg, state, mesh)
+    shapes = setup.program_shapes(cfg)
+    state = programs.abstract_train_state(model_cfg, shapes.step, shapes.optimizer, mesh)
+    decode_params = programs.abstract_decode_params(shapes, model_cfg, state, mesh)
     copy = 0 if decode_params is state.params else programs.device_bytes(decode_params)
     row_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     head_shards = mesh.shape["tensor"] if model_cfg.num_kv_heads % mesh.shape["tensor"] == 0 else 1
-    slots = programs.buckets_used(cfg)["prompt"] + cfg.rollout.max_new_tokens
+    slots = programs.buckets_used(shapes)["prompt"] + cfg.rollout.max_new_tokens
     cache_item = jnp.dtype(cfg.rollout.cache_dtype or model_cfg.compute_dtype).itemsize
     rows = max(cfg.data.prompts_per_step * cfg.rollout.n, cfg.data.prompts_per_step * cfg.eval.n if cfg.eval.every else 0)
     rows = -(-rows // row_shards) * row_shards
@@ -203,7 +203,7 @@ def resident_state_bytes(cfg, model_cfg, mesh) -> dict[str, int]:
 # ---------------------------------------------------------------------------------------------- the report
 
 
-def program_report(program, cfg, model_cfg, chip: Chip, num_devices: int) -> dict:
+def program_report(program, shapes, model_cfg, chip: Chip, num_devices: int) -> dict:
     """The per-device figures of one compiled program (see the module docstring)."""
     from sdpo_jax import programs
 
@@ -215,7 +215,7 @@ def program_report(program, cfg, model_cfg, chip: Chip, num_devices: int) -> dic
     resident = programs.device_bytes(program.resident)
     arguments, outputs = memory.argument_size_in_bytes, memory.output_size_in_bytes
     alias, temp = memory.alias_size_in_bytes, memory.temp_size_in_bytes
-    model = programs.model_flops(program, cfg, model_cfg) / num_devices
+    model = programs.model_flops(program, shapes, model_cfg) / num_devices
     return {
         "argument_bytes": arguments, "output_bytes": outputs, "alias_bytes": alias, "temp_bytes": temp,
         "resident_bytes": resident, "peak_bytes": resident + arguments + temp + max(outputs - alias, 0),
@@ -357,12 +357,10 @@ def main(argv) -> int:
     test_time = "ttt" in cfg  # a test-time SDPO config (python -m sdpo_jax.ttt)
     try:
         if test_time:
-            from sdpo_jax import ttt
-
             checked = cfg.copy_and_resolve_references()
             with checked.unlocked():
                 checked.ttt.questions = "synthetic"  # the tool reads no question file
-            ttt.validate_ttt(checked, num_devices=len(devices))
+            config_lib.validate_ttt(checked, num_devices=len(devices))
         else:
             config_lib.validate(cfg, num_devices=len(devices))
         model_cfg = model_config_for(cfg)
@@ -384,18 +382,19 @@ def main(argv) -> int:
               f"{memory_options(cfg, model_cfg, mesh, resident)}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
 
+    shapes = setup.program_shapes(cfg)
     wanted = set(_PROGRAMS.value) if _PROGRAMS.value else None
     reports = {}
     if test_time:
         questions = _EVAL_QUESTIONS.value or cfg.ttt.num_questions or PAPER_TTT_QUESTIONS
         print(f"test-time SDPO: {questions} questions x {cfg.ttt.seeds} seeds (--eval_questions sets the count)")
-        run_programs = programs.ttt_programs(cfg, model_cfg, mesh, questions=questions, only=wanted)
+        run_programs = programs.ttt_programs(shapes, model_cfg, mesh, questions=questions, only=wanted)
     else:
-        run_programs = programs.run_programs(cfg, model_cfg, mesh, eval_questions=_EVAL_QUESTIONS.value, only=wanted)
+        run_programs = programs.run_programs(shapes, model_cfg, mesh, eval_questions=_EVAL_QUESTIONS.value, only=wanted)
     for program in run_programs:
         print(f"compiling {program.name} ...", flush=True)
         try:
-            reports[program.name] = program_report(program, cfg, model_cfg, chip, len(devices))
+            reports[program.name] = program_report(program, shapes, model_cfg, chip, len(devices))
         except Exception as err:  # libtpu's compiler refuses a program over HBM itself
             oom = _COMPILER_OOM.search(str(err))
             if oom is None:
@@ -408,7 +407,7 @@ def main(argv) -> int:
         r = reports[program.name]
         print(f"  {program.name}: peak {_gib(r['peak_bytes'])} GiB, {r['flops'] / 1e9:.1f} GFLOP per device, "
               f"compiled in {r['compile_s']:.0f} s", flush=True)
-    layout = programs.minibatch_layout(cfg, setup.step_settings(cfg), mesh)
+    layout = programs.minibatch_layout(shapes, mesh)
     out = {"topology": _TOPOLOGY.value, "chip": kind, "devices": len(devices), "hosts": hosts,
            "mesh": dict(mesh.shape), "programs": reports,
            "run": run_report(cfg, reports, chip, layout, mesh, resident)}

@@ -19,6 +19,8 @@ only modules named `sdpo_jax.*` count, this tool excluded):
   frame's return, so it also holds the loop's epilogue. The loop module is that frame's module.
 - return to the loop module: a 'return' event of a frame in another sdpo_jax module whose nearest
   sdpo_jax frame up the chain (the same walk) is in the loop module.
+- distinct hops: the distinct (caller function, callee function) pairs among the crossings: a hop counts
+  once however many rows or chunks repeat it.
 - modules entered: the distinct sdpo_jax modules that had a call event in the step.
 Threads started by the job are traced too (their events count in the step current at the time);
 subprocesses (e.g. a scorer pool) are not.
@@ -64,12 +66,13 @@ class StepCounts:
     crossings: int = 0
     returns_to_loop: int = 0
     pairs: collections.Counter = field(default_factory=collections.Counter)
+    hops: set[tuple[str, str]] = field(default_factory=set)
     modules: set[str] = field(default_factory=set)
 
     def as_dict(self, step: int, top: int) -> dict[str, Any]:
         return {"step": step, "crossings": self.crossings, "returns_to_loop": self.returns_to_loop,
                 "modules_entered": len(self.modules), "modules": sorted(self.modules), "calls": self.calls,
-                "distinct_pairs": len(self.pairs),
+                "distinct_pairs": len(self.pairs), "distinct_hops": len(self.hops),
                 "pairs": [[a, b, n] for (a, b), n in self.pairs.most_common(top)]}
 
 
@@ -110,6 +113,7 @@ class Tracer:
         if caller_module and caller_module != callee:
             counts.crossings += 1
             counts.pairs[(caller_module, callee)] += 1
+            counts.hops.add((f"{caller_module}.{caller.f_code.co_name}", f"{callee}.{frame.f_code.co_name}"))
 
     def _return(self, frame: FrameType) -> None:
         if frame is self.loop_frame:
@@ -145,7 +149,8 @@ def run_main(argv: list[str], tracer: Tracer) -> int:
 
 
 def _print_step(d: dict[str, Any], top: int) -> None:
-    print(f"step {d['step']}: {d['crossings']} crossings ({d['distinct_pairs']} module pairs), "
+    print(f"step {d['step']}: {d['crossings']} crossings ({d['distinct_hops']} distinct hops, {d['distinct_pairs']} "
+          f"module pairs), "
           f"{d['returns_to_loop']} returns to the loop module, {d['modules_entered']} modules entered, "
           f"{d['calls']} sdpo_jax calls")
     for caller, callee, n in d["pairs"][:top]:
