@@ -290,6 +290,23 @@ def _check_schema(cfg: ConfigDict, schema: ConfigDict, prefix: str = "") -> None
             raise ConfigError(f"config: {name!r} must be {names}, got {type(value).__name__} {value!r}")
 
 
+def step_settings(cfg: ConfigDict) -> train_step.StepSettings:
+    """The train step's settings from loss.*, teacher.*, optim.* (their one validation: StepSettings raises
+    ValueError naming the config field; `validate` reports it as a ConfigError)."""
+    loss, teacher, optim = cfg.loss, cfg.teacher, cfg.optim
+    mini = optim.minibatch_prompts or cfg.data.prompts_per_step
+    return train_step.StepSettings(
+        objective=loss.objective, hybrid_lambda=loss.hybrid_lambda, loss_mode=loss.mode,
+        topk=loss.topk, add_tail=loss.add_tail, alpha=loss.alpha, is_clip=loss.is_clip,
+        rollout_is_clip=loss.rollout_is_clip, aggregation=loss.aggregation,
+        temperature=cfg.rollout.temperature, clip_low=loss.clip_low, clip_high=loss.clip_high,
+        dual_clip=loss.dual_clip, adv_clip=loss.adv_clip, norm_adv_by_std=loss.norm_adv_by_std,
+        teacher_kind=teacher.kind, ema_rate=teacher.ema_rate, trust_region_mix=teacher.trust_region_mix,
+        vocab_chunk=loss.vocab_chunk, seq_chunk=loss.seq_chunk, micro_batches=optim.micro_batches, minibatch_groups=mini,
+        old_logprobs_from_step=mini == cfg.data.prompts_per_step,
+    )
+
+
 def resolve_mesh_sizes(cfg: ConfigDict, num_devices: int) -> dict[str, int]:
     """The mesh axis sizes of a run on `num_devices` devices: `cfg.mesh` with -1 resolved. The default
     mesh (data 1, fsdp -1, tensor 1: fsdp over every device) on a device count that does not divide a
@@ -339,18 +356,12 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
                               "must be in [0, 1] (each >= 0; the rest are question-only examples)")
     if not 0.0 < cfg.rollout.top_p <= 1.0:
         raise ConfigError(f"config: rollout.top_p={cfg.rollout.top_p} must be in (0, 1]")
-    if not 0.0 <= cfg.loss.alpha <= 1.0:
-        raise ConfigError(f"config: loss.alpha={cfg.loss.alpha} must be in [0, 1] (0 forward KL, 1 reverse KL)")
-    if cfg.loss.mode == "token" and cfg.loss.alpha != 1.0:
-        raise ConfigError("config: loss.mode='token' needs loss.alpha=1.0 (the sampled-token surrogate is reverse KL only)")
-    if cfg.loss.mode == "topk" and (cfg.loss.topk is None or cfg.loss.topk < 1):
-        raise ConfigError(f"config: loss.mode='topk' needs loss.topk >= 1, got {cfg.loss.topk!r} (or use loss.mode='full')")
+    try:  # the loss, teacher and optimizer-step options: StepSettings holds their one check
+        step_settings(cfg)
+    except ValueError as err:
+        raise ConfigError(f"config: {err}") from None
     if not 0.0 <= cfg.optim.final_lr_ratio <= 1.0:
         raise ConfigError(f"config: optim.final_lr_ratio={cfg.optim.final_lr_ratio} must be in [0, 1]")
-    if not 0.0 <= cfg.teacher.ema_rate <= 1.0:
-        raise ConfigError(f"config: teacher.ema_rate={cfg.teacher.ema_rate} must be in [0, 1]")
-    if not 0.0 <= cfg.loss.hybrid_lambda <= 1.0:
-        raise ConfigError(f"config: loss.hybrid_lambda={cfg.loss.hybrid_lambda} must be in [0, 1]")
     if list(cfg.rollout.prompt_buckets) != sorted(cfg.rollout.prompt_buckets) or not cfg.rollout.prompt_buckets:
         raise ConfigError(f"config: rollout.prompt_buckets={tuple(cfg.rollout.prompt_buckets)} must be a non-empty increasing list")
     if cfg.rollout.max_new_tokens > max(cfg.rollout.completion_buckets):

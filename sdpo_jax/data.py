@@ -4,13 +4,11 @@
   file, the line and (when known) the field -- or, with `skip_bad=True`, is skipped and counted.
 * `load_dataset(spec)` resolves a dataset named by a file path (.jsonl, .jsonl.gz, .json list), a
   built-in name ("synthetic", "humaneval") or an import path "pkg.module:function" returning rows.
-* `make_train_iterator(rows, ...)` is a grain `MapDataset` pipeline: host shard, deterministic
-  shuffle that differs per epoch, repeat, batches that are lists of problem dicts; its iterator has
-  JSON `get_state()` / `set_state()` for exact resume. The trainer uses ONE global iterator on every
-  process (shard 0 of 1, the global batch; every process holds all of it), so the prompts and the
-  saved state do not depend on the process count; the shard arguments remain for pipelines that want
-  disjoint per-host streams.
-* `make_eval_batches(rows, ...)`: this host's fixed, unshuffled evaluation batches.
+* `make_train_iterator(rows, ...)` is a grain `MapDataset` pipeline: deterministic shuffle that
+  differs per epoch, repeat, batches that are lists of problem dicts; its iterator has JSON
+  `get_state()` / `set_state()` for exact resume. The trainer uses ONE global iterator on every
+  process (the global batch; every process holds all of it), so the prompts and the saved state do
+  not depend on the process count.
 
 The dataset converters (`from_humaneval`, `from_livecodebench`, `from_sciknoweval`,
 `from_toolalpaca`, `from_math`, `split_tests_for_training`) live with their environments in
@@ -252,12 +250,6 @@ def load_dataset(spec: str | os.PathLike, *, schema_check: SchemaCheck | None = 
 # ----------------------------------------------------------------------------- pipelines
 
 
-def _check_shard(shard_index: int, shard_count: int) -> None:
-    if shard_count < 1 or not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index={shard_index} must be in [0, shard_count={shard_count}) "
-                         "(use jax.process_index() / jax.process_count())")
-
-
 def _copy_rows(rows: Any) -> list[Row]:
     # Shallow copies, so a consumer that adds keys to a problem does not change the dataset.
     return [dict(r) for r in rows]
@@ -267,7 +259,7 @@ class TrainIterator:
     """Iterator over training batches (lists of problem dicts) with exact, checked resume.
 
     `get_state()` is a JSON-able dict: grain's position plus the pipeline's identity (seed, batch
-    size, shard, dataset size), so restoring into a differently configured pipeline raises instead
+    size, dataset size), so restoring into a differently configured pipeline raises instead
     of silently replaying other data.
     """
 
@@ -298,58 +290,32 @@ class TrainIterator:
         self._it.set_state(state["grain"])
 
 
-def make_train_dataset(rows: list[Row], *, batch_size: int, seed: int, shard_index: int = 0,
-                       shard_count: int = 1, repeat: bool = True):
+def make_train_dataset(rows: list[Row], *, batch_size: int, seed: int, repeat: bool = True):
     """The grain MapDataset behind `make_train_iterator` (batches are lists of row dicts)."""
     import grain
 
-    _check_shard(shard_index, shard_count)
     if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1 (problems per host per step)")
-    per_host = len(rows) // shard_count  # equal shards, so every host has the same step count
-    if per_host < batch_size:
-        raise ValueError(
-            f"make_train_iterator: {len(rows)} problems over {shard_count} host(s) leave "
-            f"{per_host} per host, fewer than batch_size={batch_size}; use more problems or a "
-            "smaller per-host batch")
-    ds = grain.MapDataset.source(rows)[shard_index::shard_count][:per_host]
-    ds = ds.shuffle(seed=seed).batch(batch_size, drop_remainder=True, batch_fn=_copy_rows)
+        raise ValueError(f"batch_size={batch_size} must be >= 1 (problems per step)")
+    if len(rows) < batch_size:
+        raise ValueError(f"make_train_iterator: {len(rows)} problems, fewer than batch_size={batch_size}; use more "
+                         "problems or a smaller batch")
+    ds = grain.MapDataset.source(rows).shuffle(seed=seed).batch(batch_size, drop_remainder=True, batch_fn=_copy_rows)
     return ds.repeat(None) if repeat else ds
 
 
-def make_train_iterator(rows: list[Row], *, batch_size: int, seed: int, shard_index: int = 0,
-                        shard_count: int = 1, repeat: bool = True,
+def make_train_iterator(rows: list[Row], *, batch_size: int, seed: int, repeat: bool = True,
                         num_threads: int = 0) -> TrainIterator:
-    """Training batches for this host.
-
-    Host shard `rows[shard_index::shard_count]` (cut to the same length on every host), shuffled
-    with `seed` and reshuffled differently every epoch, batched `batch_size` problems per batch
-    (an epoch's remainder is dropped, as the official dataloader does), repeated forever unless
-    `repeat=False`. `num_threads` > 0 reads ahead with threads (never processes).
+    """Training batches: `rows` shuffled with `seed` and reshuffled differently every epoch, batched
+    `batch_size` problems per batch (an epoch's remainder is dropped, as the official dataloader does),
+    repeated forever unless `repeat=False`. `num_threads` > 0 reads ahead with threads (never processes).
     """
     import grain
 
-    ds = make_train_dataset(rows, batch_size=batch_size, seed=seed, shard_index=shard_index,
-                            shard_count=shard_count, repeat=repeat)
+    ds = make_train_dataset(rows, batch_size=batch_size, seed=seed, repeat=repeat)
     iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=2 * num_threads))
-    identity = {"seed": seed, "batch_size": batch_size, "shard_index": shard_index,
-                "shard_count": shard_count, "num_rows": len(rows), "repeat": repeat}
+    identity = {"seed": seed, "batch_size": batch_size, "num_rows": len(rows), "repeat": repeat}
     return TrainIterator(iter_ds, identity)
-
-
-def make_eval_batches(rows: list[Row], batch_size: int, shard_index: int = 0,
-                      shard_count: int = 1) -> list[list[Row]]:
-    """This host's evaluation batches: `rows[shard_index::shard_count]` in order, unshuffled, all
-    rows kept. Every host gets the same NUMBER of batches (so collective steps line up); the last
-    ones may be shorter or empty on hosts with fewer rows."""
-    _check_shard(shard_index, shard_count)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    shard = rows[shard_index::shard_count]
-    largest_shard = -(-len(rows) // shard_count)
-    num_batches = -(-largest_shard // batch_size)
-    return [_copy_rows(shard[b * batch_size:(b + 1) * batch_size]) for b in range(num_batches)]
 
 
 # ----------------------------------------------------------------------------- converters

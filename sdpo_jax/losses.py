@@ -46,24 +46,27 @@ LOG_RATIO_CLAMP = 20.0
 
 def check_loss_options(*, mode: str, topk: int | None, alpha: float, temperature: float,
                        aggregation: str, adv_clip: float | None) -> None:
-    """Raise ValueError naming the bad option and what would work."""
+    """Raise ValueError naming the bad option by its config name (loss.*, rollout.temperature) and what would
+    work: the one check of these options, for the config (`config.validate`) and direct callers alike."""
     if mode not in MODES:
-        raise ValueError(f"loss mode={mode!r} is not one of {MODES}")
+        raise ValueError(f"loss.mode={mode!r} is not one of {MODES}")
     if mode == "topk" and (topk is None or topk < 1):
-        raise ValueError(f"loss mode='topk' needs topk >= 1, got {topk!r} (or use mode='full')")
+        raise ValueError(f"loss.mode='topk' needs loss.topk >= 1, got {topk!r} (or use loss.mode='full')")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha={alpha} must be in [0, 1] (0 forward KL, 1 reverse KL, between: JSD)")
+        raise ValueError(f"loss.alpha={alpha} must be in [0, 1] (0 forward KL, 1 reverse KL, between: JSD)")
     if mode == "token" and alpha != 1.0:
-        raise ValueError("mode='token' (the sampled-token surrogate) needs alpha=1.0 (reverse KL only)")
+        raise ValueError("loss.mode='token' needs loss.alpha=1.0 (the sampled-token surrogate is reverse KL only)")
     if not temperature > 0:
-        raise ValueError(f"temperature={temperature} must be > 0 (the rollout temperature)")
+        raise ValueError(f"rollout.temperature={temperature} must be > 0 for a distillation loss (the rollout "
+                         "temperature)")
     if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS}")
+        raise ValueError(f"loss.aggregation={aggregation!r} is not one of {AGGREGATIONS}")
     if adv_clip is not None:
         if alpha != 1.0:
-            raise ValueError(f"adv_clip={adv_clip} is defined for the reverse KL only (alpha=1.0), got alpha={alpha}")
+            raise ValueError(f"loss.adv_clip={adv_clip} is defined for the reverse KL only (loss.alpha=1.0), "
+                             f"got loss.alpha={alpha}")
         if not adv_clip > 0:
-            raise ValueError(f"adv_clip={adv_clip} must be > 0 (or None for no clipping)")
+            raise ValueError(f"loss.adv_clip={adv_clip} must be > 0 (or None for no clipping)")
 
 
 # ----------------------------------------------------------------------------- per-token pieces

@@ -52,21 +52,6 @@ def init_model_config(cfg, vocab_size: int, pad_token_id: int | None = None, eos
         pad_token_id=pad_token_id, eos_token_id=eos_token_id, **runtime_overrides(cfg))
 
 
-def step_settings(cfg) -> ts.StepSettings:
-    loss, teacher, optim = cfg.loss, cfg.teacher, cfg.optim
-    mini = optim.minibatch_prompts or cfg.data.prompts_per_step
-    return ts.StepSettings(
-        objective=loss.objective, hybrid_lambda=loss.hybrid_lambda, loss_mode=loss.mode,
-        topk=loss.topk, add_tail=loss.add_tail, alpha=loss.alpha, is_clip=loss.is_clip,
-        rollout_is_clip=loss.rollout_is_clip, aggregation=loss.aggregation,
-        temperature=cfg.rollout.temperature, clip_low=loss.clip_low, clip_high=loss.clip_high,
-        dual_clip=loss.dual_clip, adv_clip=loss.adv_clip, norm_adv_by_std=loss.norm_adv_by_std,
-        teacher_kind=teacher.kind, ema_rate=teacher.ema_rate, trust_region_mix=teacher.trust_region_mix,
-        vocab_chunk=loss.vocab_chunk, seq_chunk=loss.seq_chunk, micro_batches=optim.micro_batches, minibatch_groups=mini,
-        old_logprobs_from_step=mini == cfg.data.prompts_per_step,
-    )
-
-
 def make_optimizer(cfg):
     """AdamW from `cfg.optim`; a cosine schedule spans every optimizer update of the run
     (train.steps x mini-batches per generation batch, after the warmup)."""
@@ -135,7 +120,7 @@ def warm_start_settings(cfg) -> warm_start.WarmStartSettings:
 def program_shapes(cfg) -> programs.ProgramShapes:
     """What the run's programs' shapes depend on (the ahead-of-time tool builds them from this alone)."""
     return programs.ProgramShapes(
-        step=step_settings(cfg), optimizer=make_optimizer(cfg), rollout_policy=rollout_policy(cfg),
+        step=config_lib.step_settings(cfg), optimizer=make_optimizer(cfg), rollout_policy=rollout_policy(cfg),
         eval_policy=eval_policy(cfg), max_new_tokens=cfg.rollout.max_new_tokens, cache_dtype=cfg.rollout.cache_dtype,
         decode_gathered=cfg.rollout.decode_weights == "gathered", batch=batch_shapes(cfg),
         prompts_per_step=cfg.data.prompts_per_step, eval_every=cfg.eval.every, eval_prompts=cfg.data.eval_prompts,
@@ -241,7 +226,7 @@ def build_run(cfg, *, devices=None) -> train.Run:
     if is_main:
         with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
-    settings, optimizer = step_settings(cfg), make_optimizer(cfg)
+    settings, optimizer = config_lib.step_settings(cfg), make_optimizer(cfg)
     state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
     checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, max_to_keep=cfg.checkpoint.max_to_keep,
                                             async_save=cfg.checkpoint.async_save)
@@ -268,7 +253,7 @@ def export_hf_from_run(cfg, out_dir: str) -> None:
     mesh = make_run_mesh(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     model_cfg, params = build_model(cfg, tokenizer, mesh)
-    state = ts.init_train_state(model_cfg, step_settings(cfg), params, make_optimizer(cfg), mesh)
+    state = ts.init_train_state(model_cfg, config_lib.step_settings(cfg), params, make_optimizer(cfg), mesh)
     checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, async_save=False)
     state, meta = checkpointer.restore(state)
     checkpointer.close()
@@ -316,7 +301,7 @@ def build_ttt(cfg, *, devices=None, log=log0):
     except BaseException:
         close()
         raise
-    run = ttt_methods.TTTRun(settings=ttt_settings(cfg), actor=actor, step_settings=step_settings(cfg),
+    run = ttt_methods.TTTRun(settings=ttt_settings(cfg), actor=actor, step_settings=config_lib.step_settings(cfg),
                              shapes=batch_shapes(cfg), optimizer=make_optimizer(cfg))
     return run, params, close
 

@@ -106,26 +106,19 @@ def test_load_dataset_humaneval():
     assert rows[0] == data.from_humaneval(first_record)
 
 
-def test_train_iterator_shards_shuffles_and_repeats():
-    """Host shards are disjoint, equally long and cover the data; each epoch is a permutation of
-    the shard, reshuffled differently per epoch, identical for the same seed and different for
-    another; batches are lists of dict copies."""
+def test_train_iterator_shuffles_and_repeats():
+    """Each epoch is a permutation of the rows (the remainder dropped), reshuffled differently per epoch,
+    identical for the same seed and different for another; batches are lists of dict copies."""
     rows = make_rows(23)
-    shards = []
-    for h in range(3):
-        it = data.make_train_iterator(rows, batch_size=3, seed=7, shard_index=h, shard_count=3)
-        epochs = [sum((ids(next(it)) for _ in range(2)), []) for _ in range(4)]  # 7 rows -> 2x3
-        it_again = data.make_train_iterator(rows, batch_size=3, seed=7, shard_index=h,
-                                            shard_count=3)
-        assert sum((ids(next(it_again)) for _ in range(2)), []) == epochs[0]
-        assert len({tuple(e) for e in epochs}) > 1  # reshuffled across epochs
-        shard_ids = {r["id"] for r in rows[h::3][:7]}
-        for e in epochs:
-            assert len(e) == 6 and len(set(e)) == 6 and set(e) <= shard_ids
-        shards.append(shard_ids)
-    assert not (shards[0] & shards[1]) and not (shards[1] & shards[2]) and not (shards[0] & shards[2])
-    other = data.make_train_iterator(rows, batch_size=3, seed=8, shard_index=0, shard_count=3)
-    first = data.make_train_iterator(rows, batch_size=3, seed=7, shard_index=0, shard_count=3)
+    it = data.make_train_iterator(rows, batch_size=3, seed=7)
+    epochs = [sum((ids(next(it)) for _ in range(7)), []) for _ in range(4)]  # 23 rows -> 7x3
+    it_again = data.make_train_iterator(rows, batch_size=3, seed=7)
+    assert sum((ids(next(it_again)) for _ in range(7)), []) == epochs[0]
+    assert len({tuple(e) for e in epochs}) > 1  # reshuffled across epochs
+    for e in epochs:
+        assert len(e) == 21 and len(set(e)) == 21 and set(e) <= set(ids(rows))
+    other = data.make_train_iterator(rows, batch_size=3, seed=8)
+    first = data.make_train_iterator(rows, batch_size=3, seed=7)
     assert [ids(next(other)) for _ in range(4)] != [ids(next(first)) for _ in range(4)]
     batch = next(first)
     assert isinstance(batch, list) and all(isinstance(r, dict) for r in batch)
@@ -136,7 +129,7 @@ def test_train_iterator_shards_shuffles_and_repeats():
 def test_train_iterator_exact_resume_and_finite():
     """get_state() is JSON; a fresh pipeline set to it continues with exactly the same batches
     (also with read-ahead threads and across an epoch boundary); a state from another pipeline is
-    refused; repeat=False stops after one epoch."""
+    refused; repeat=False stops after one epoch; fewer rows than a batch is refused."""
     rows = make_rows(20)
     for threads in (0, 2):
         it = data.make_train_iterator(rows, batch_size=4, seed=1, num_threads=threads)
@@ -152,22 +145,8 @@ def test_train_iterator_exact_resume_and_finite():
         wrong.set_state(state)
     finite = data.make_train_iterator(rows, batch_size=6, seed=1, repeat=False)
     assert [len(b) for b in finite] == [6, 6, 6]
-    with pytest.raises(ValueError, match="fewer than batch_size=8"):
-        data.make_train_iterator(rows, batch_size=8, seed=0, shard_count=3)
-    with pytest.raises(ValueError, match="shard_index=3"):
-        data.make_train_iterator(rows, batch_size=1, seed=0, shard_index=3, shard_count=3)
-
-
-def test_eval_batches_cover_once_with_equal_counts():
-    """Eval batches keep every row exactly once across hosts, in order, unshuffled, and every host
-    gets the same number of batches."""
-    rows = make_rows(11)
-    per_host = [data.make_eval_batches(rows, 2, h, 3) for h in range(3)]
-    assert {len(b) for b in per_host} == {2}
-    seen = [r["id"] for host in per_host for b in host for r in b]
-    assert sorted(seen) == sorted(ids(rows))
-    assert ids(sum(per_host[1], [])) == ids(rows[1::3])
-    assert data.make_eval_batches(rows[:1], 4, 1, 2) == [[]]
+    with pytest.raises(ValueError, match="fewer than batch_size=21"):
+        data.make_train_iterator(rows, batch_size=21, seed=0)
 
 
 def test_synthetic_dataset_and_env_validation(tmp_path):
