@@ -131,7 +131,8 @@ def memory(args):
     out = {}
     for name in ("topk", "full", "naive dense"):
         settings = base if name != "full" else dataclasses.replace(base, loss_mode="full")
-        state, batch = programs.abstract_step_inputs(cfg, settings, optimizer, completion=t)
+        state = programs.abstract_train_state(cfg, settings, optimizer)
+        batch = programs.abstract_minibatch(1, {"prompt": 16, "teacher_prompt": 32, "completion": t})
         fn = naive_dense_step(cfg, settings, optimizer) if name == "naive dense" else \
             ts.make_train_step(cfg, settings, optimizer).jitted
         t0 = time.perf_counter()

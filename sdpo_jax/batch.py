@@ -5,7 +5,7 @@ split into placed mini-batches of whole groups.
     minibatches = split_minibatches(batch, minibatch_groups=..., micro_batches=..., mesh=mesh)
 
 Rows are N = prompts x n, in group order. Prompts and teacher prompts are left-padded to a bucket,
-completions right-padded to a bucket (`BatchShapes`); `build` returns a batch of fixed dtypes whose shapes
+completions right-padded to a bucket (`BatchSettings`); `build` returns a batch of fixed dtypes whose shapes
 are checked (`check`), and nothing downstream re-validates it.
 """
 
@@ -56,9 +56,9 @@ FIELD_NDIM = {f: 1 if f in _PER_ROW_FIELDS else 2 for f in FIELD_DTYPES}
 
 
 @dataclasses.dataclass(frozen=True)
-class BatchShapes:
-    """Bucket widths of the batch's three sequences, the reprompt settings and the GRPO advantage's
-    normalisation (config rollout.*_buckets, reprompt.*, loss.norm_adv_by_std)."""
+class BatchSettings:
+    """How a Rollout becomes a batch: the bucket widths of its three sequences, the reprompt settings and the
+    GRPO advantage's normalisation (config rollout.*_buckets, reprompt.*, loss.norm_adv_by_std)."""
     prompt_buckets: tuple[int, ...]
     completion_buckets: tuple[int, ...]
     teacher_prompt_buckets: tuple[int, ...]
@@ -93,18 +93,18 @@ def check(batch: RolloutBatch) -> RolloutBatch:
     return out
 
 
-def build(rollout, tokenizer, shapes: BatchShapes) -> tuple[RolloutBatch, dict, reprompt.TeacherPrompts]:
+def build(rollout, tokenizer, settings: BatchSettings) -> tuple[RolloutBatch, dict, reprompt.TeacherPrompts]:
     """(checked host-side RolloutBatch, its reprompt metrics, the unpadded teacher prompts) from a
     `rollout.Rollout`: prompts / teacher prompts left-padded to buckets, completions trimmed to the
     smallest completion bucket that holds the longest. The same global batch on every process."""
     pad = tokenizer.pad_token_id
     teacher = reprompt.build_teacher_prompts(
         tokenizer, rollout.messages, rollout.texts, rollout.rewards, rollout.feedbacks, list(rollout.group_ids),
-        **dataclasses.asdict(shapes.reprompt))
-    prompt_ids, prompt_mask = sampling.pad_to_bucket(rollout.prompt_ids, shapes.prompt_buckets, pad, side="left")
-    teacher_ids, teacher_mask = sampling.pad_to_bucket(teacher.ids, shapes.teacher_prompt_buckets, pad, side="left")
+        **dataclasses.asdict(settings.reprompt))
+    prompt_ids, prompt_mask = sampling.pad_to_bucket(rollout.prompt_ids, settings.prompt_buckets, pad, side="left")
+    teacher_ids, teacher_mask = sampling.pad_to_bucket(teacher.ids, settings.teacher_prompt_buckets, pad, side="left")
     lengths = rollout.lengths
-    width = sampling.pick_bucket(max(int(lengths.max()), 1), shapes.completion_buckets)
+    width = sampling.pick_bucket(max(int(lengths.max()), 1), settings.completion_buckets)
     tokens = np.full((len(lengths), width), pad, np.int32)
     take = min(width, rollout.tokens.shape[1])
     tokens[:, :take] = rollout.tokens[:, :take]
@@ -112,7 +112,7 @@ def build(rollout, tokenizer, shapes: BatchShapes) -> tuple[RolloutBatch, dict, 
     sampler_logprobs = np.zeros((len(lengths), width), np.float32)
     sampler_logprobs[:, :take] = rollout.logprobs[:, :take]
     advantages = np.asarray(compute_grpo_advantages(rollout.rewards, rollout.group_ids,
-                                                    norm_by_std=shapes.norm_adv_by_std), np.float32)
+                                                    norm_by_std=settings.norm_adv_by_std), np.float32)
     batch = RolloutBatch(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=tokens, completion_mask=completion_mask,
         teacher_prompt_ids=teacher_ids, teacher_prompt_mask=teacher_mask, sd_mask=teacher.sd_mask,

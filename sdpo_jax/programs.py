@@ -34,7 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from sdpo_jax import batch as batch_lib
-from sdpo_jax import compiled_calls, hlo_flops, models, rollout, sampling, sharding
+from sdpo_jax import compiled_calls, hlo_flops, rollout, sampling, sharding
 from sdpo_jax import train_step as ts
 from sdpo_jax.ttt import methods as ttt_methods
 from sdpo_jax.sampling_ops import SamplingSpec
@@ -55,7 +55,7 @@ class ProgramShapes:
     max_new_tokens: int
     cache_dtype: str
     decode_gathered: bool
-    batch: batch_lib.BatchShapes
+    batch: batch_lib.BatchSettings
     prompts_per_step: int
     eval_every: int
     eval_prompts: int
@@ -139,11 +139,12 @@ def _abstract(shape, dtype, sharding_) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding_)
 
 
-def abstract_train_state(model_cfg, settings, optimizer, mesh) -> ts.TrainState:
-    """The TrainState as ShapeDtypeStructs in the loop's shardings (`train_step.train_state_shardings`)."""
-    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.dtype(model_cfg.param_dtype)),
-                          models.param_shapes(model_cfg), is_leaf=lambda x: isinstance(x, tuple))
-    shapes = jax.eval_shape(lambda p: ts.init_train_state(model_cfg, settings, p, optimizer), params)
+def abstract_train_state(model_cfg, settings, optimizer, mesh=None) -> ts.TrainState:
+    """The TrainState as ShapeDtypeStructs, in the loop's shardings (`train_step.train_state_shardings`) when a
+    mesh is given."""
+    shapes = jax.eval_shape(lambda p: ts.init_train_state(model_cfg, settings, p, optimizer), ts.abstract_params(model_cfg))
+    if mesh is None:
+        return shapes
     shardings = ts.train_state_shardings(model_cfg, settings, optimizer, mesh)
     return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, shardings)
 
@@ -158,20 +159,6 @@ def abstract_decode_params(shapes: ProgramShapes, model_cfg, state, mesh):
     if jnp.dtype(model_cfg.compute_dtype) == jnp.dtype(model_cfg.param_dtype):
         return state.params
     return jax.tree.map(lambda p: _abstract(p.shape, model_cfg.compute_dtype, p.sharding), state.params)
-
-
-def abstract_step_inputs(model_cfg, settings: ts.StepSettings, optimizer, *, prompt: int = 16, completion: int = 2048,
-                         teacher_prompt: int = 32, rows: int = 1) -> tuple[ts.TrainState, batch_lib.RolloutBatch]:
-    """ShapeDtypeStructs of a TrainState and a RolloutBatch on one device (nothing allocated): for compiling
-    the train step alone at a given shape (its memory at a large vocabulary, bench/step.py)."""
-    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), jnp.dtype(model_cfg.param_dtype)),
-                          models.param_shapes(model_cfg), is_leaf=lambda x: isinstance(x, tuple))
-    state = jax.eval_shape(lambda p: ts.init_train_state(model_cfg, settings, p, optimizer), params)
-    widths = dict(prompt_ids=prompt, prompt_mask=prompt, teacher_prompt_ids=teacher_prompt,
-                  teacher_prompt_mask=teacher_prompt)
-    fields = {name: jax.ShapeDtypeStruct((rows,) if batch_lib.FIELD_NDIM[name] == 1 else (rows, widths.get(name, completion)),
-                                         batch_lib.FIELD_DTYPES[name]) for name in batch_lib.RolloutBatch._fields}
-    return state, batch_lib.RolloutBatch(**fields)
 
 
 def buckets_used(shapes: ProgramShapes) -> dict[str, int]:
@@ -193,14 +180,17 @@ def minibatch_layout(shapes: ProgramShapes, mesh) -> dict[str, int]:
             "minibatches": shapes.prompts_per_step // groups}
 
 
-def abstract_minibatch(rows: int, widths: dict[str, int], mesh) -> batch_lib.RolloutBatch:
+def abstract_minibatch(rows: int, widths: dict[str, int], mesh=None) -> batch_lib.RolloutBatch:
+    """A RolloutBatch of ShapeDtypeStructs: `rows` rows, prompt / teacher-prompt / completion widths from
+    `widths`, in the train step's batch shardings when a mesh is given."""
     lengths = dict(prompt_ids=widths["prompt"], prompt_mask=widths["prompt"], teacher_prompt_ids=widths["teacher_prompt"],
                    teacher_prompt_mask=widths["teacher_prompt"])
     fields = {}
     for name in batch_lib.RolloutBatch._fields:
         ndim = batch_lib.FIELD_NDIM[name]
         shape = (rows,) if ndim == 1 else (rows, lengths.get(name, widths["completion"]))
-        fields[name] = _abstract(shape, batch_lib.FIELD_DTYPES[name], sharding.batch_sharding(mesh, ndim))
+        fields[name] = _abstract(shape, batch_lib.FIELD_DTYPES[name],
+                                 None if mesh is None else sharding.batch_sharding(mesh, ndim))
     return batch_lib.RolloutBatch(**fields)
 
 

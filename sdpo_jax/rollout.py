@@ -1,6 +1,6 @@
 """Rollout: problems -> chat-templated prompts -> `sampling.generate` (n per prompt) -> scores -> a `Rollout`.
 
-    rollout = sample(actor, params, problems, key, policy=actor.rollout_policy)
+    rollout = sample(actor, decode_weights(actor, params), problems, key, actor.rollout_policy)
     metrics, successes = evaluate(actor, params, eval_problems, key)
 
 `Actor` holds what sampling and scoring need (built once by `setup.build_actor`); `SamplingPolicy` is one
@@ -106,7 +106,8 @@ def decode_weights(actor: Actor, params):
     """The weights `generate` reads: a compute-dtype copy without fsdp (rollout.decode_weights "gathered": no
     all-gather of the weights at every decode step), a compute-dtype copy in the parameters' sharding (fp32
     master weights, bf16 compute: half the bytes per step; same values, the forward casts them anyway), or
-    the parameters themselves. Made once per generate call by the program set-up made once."""
+    the parameters themselves (`Actor.weights_copy`, made at set-up). Call it once per set of parameters and
+    pass the result to every `sample` with them."""
     return params if actor.weights_copy is None else actor.weights_copy(params)
 
 
@@ -120,15 +121,15 @@ def generate(actor: Actor, weights, prompt_ids: list[list[int]], key, policy: Sa
         pad_id=actor.tokenizer.pad_token_id, program_names=policy.program_names)
 
 
-def sample(actor: Actor, params, problems: list[dict], key, policy: SamplingPolicy, *,
+def sample(actor: Actor, weights, problems: list[dict], key, policy: SamplingPolicy, *,
            first_group_id: int = 0) -> Rollout:
-    """Generate `policy.n` completions per problem and score them; a group's rows are contiguous, group
-    ids count from `first_group_id`. On several processes every process passes the same (global) problems
-    and gets every row and score back."""
+    """Generate `policy.n` completions per problem from `weights` (`decode_weights`) and score them; a group's
+    rows are contiguous, group ids count from `first_group_id`. On several processes every process passes
+    the same (global) problems and gets every row and score back."""
     n = policy.n
     messages, prompt_ids = prompt_ids_for(actor, problems)
     start = time.time()
-    out = generate(actor, decode_weights(actor, params), prompt_ids, key, policy)
+    out = generate(actor, weights, prompt_ids, key, policy)
     tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
     generate_s = time.time() - start
     texts = completion_texts(actor.tokenizer, tokens, lengths)
@@ -149,11 +150,12 @@ def evaluate(actor: Actor, params, problems: list[dict], key) -> tuple[dict, np.
 
     Chunks of `actor.eval_chunk` questions (`sample`: the same global numbers on every process)."""
     policy, per_call = actor.eval_policy, max(actor.eval_chunk, 1)
+    weights = decode_weights(actor, params)  # once for every chunk
     rewards = []
     for start in range(0, len(problems), per_call):
         chunk = problems[start:start + per_call]
         key, chunk_key = jax.random.split(key)
-        rewards.append(sample(actor, params, chunk, chunk_key, policy).rewards.reshape(len(chunk), policy.n))
+        rewards.append(sample(actor, weights, chunk, chunk_key, policy).rewards.reshape(len(chunk), policy.n))
     success = np.concatenate(rewards) >= actor.success_threshold
     per_question = success.mean(1)
     metrics = {"eval/accuracy": float(success.mean()), f"eval/pass@{policy.n}": float(success.any(1).mean()),

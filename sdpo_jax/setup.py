@@ -62,10 +62,9 @@ def make_optimizer(cfg):
                              grad_clip=o.grad_clip, cosine_steps=cosine_steps, final_lr_ratio=o.final_lr_ratio)
 
 
-def rollout_policy(cfg, program_names: tuple[str, str] = ("prefill", "decode"), n: int | None = None):
+def rollout_policy(cfg) -> rollout.SamplingPolicy:
     r = cfg.rollout
-    return rollout.SamplingPolicy(n=r.n if n is None else n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                  program_names=program_names)
+    return rollout.SamplingPolicy(n=r.n, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k)
 
 
 def eval_policy(cfg) -> rollout.SamplingPolicy:
@@ -74,9 +73,9 @@ def eval_policy(cfg) -> rollout.SamplingPolicy:
                                   program_names=("eval_prefill", "eval_decode"))
 
 
-def batch_shapes(cfg) -> batch_lib.BatchShapes:
+def batch_settings(cfg) -> batch_lib.BatchSettings:
     r = cfg.reprompt
-    return batch_lib.BatchShapes(
+    return batch_lib.BatchSettings(
         prompt_buckets=tuple(cfg.rollout.prompt_buckets), completion_buckets=tuple(cfg.rollout.completion_buckets),
         teacher_prompt_buckets=tuple(r.teacher_prompt_buckets), norm_adv_by_std=cfg.loss.norm_adv_by_std,
         reprompt=reprompt.RepromptSettings(
@@ -122,7 +121,7 @@ def program_shapes(cfg) -> programs.ProgramShapes:
     return programs.ProgramShapes(
         step=config_lib.step_settings(cfg), optimizer=make_optimizer(cfg), rollout_policy=rollout_policy(cfg),
         eval_policy=eval_policy(cfg), max_new_tokens=cfg.rollout.max_new_tokens, cache_dtype=cfg.rollout.cache_dtype,
-        decode_gathered=cfg.rollout.decode_weights == "gathered", batch=batch_shapes(cfg),
+        decode_gathered=cfg.rollout.decode_weights == "gathered", batch=batch_settings(cfg),
         prompts_per_step=cfg.data.prompts_per_step, eval_every=cfg.eval.every, eval_prompts=cfg.data.eval_prompts,
         ttt=ttt_settings(cfg) if "ttt" in cfg else None)
 
@@ -226,15 +225,15 @@ def build_run(cfg, *, devices=None) -> train.Run:
     if is_main:
         with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
             f.write(cfg.to_json_best_effort(indent=2))
-    settings, optimizer = config_lib.step_settings(cfg), make_optimizer(cfg)
-    state = ts.init_train_state(model_cfg, settings, params, optimizer, mesh)
+    settings = config_lib.step_settings(cfg)
+    step = ts.make_train_step(model_cfg, settings, make_optimizer(cfg), mesh)
     checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, max_to_keep=cfg.checkpoint.max_to_keep,
                                             async_save=cfg.checkpoint.async_save)
     # One global iterator on every process (see train.py's docstring).
     data_iter = data_lib.make_train_iterator(splits["train"], batch_size=cfg.data.prompts_per_step, seed=cfg.seed)
     return train.Run(
-        settings=loop_settings(cfg, settings), actor=actor, shapes=batch_shapes(cfg),
-        step=ts.make_train_step(model_cfg, settings, optimizer, mesh), state=state, data_iter=data_iter,
+        settings=loop_settings(cfg, settings), actor=actor, batch_settings=batch_settings(cfg),
+        step=step, state=step.init_state(params), data_iter=data_iter,
         eval_rows=splits["eval"], logger=logger, checkpointer=checkpointer, close_scorer=close_scorer)
 
 
@@ -253,7 +252,7 @@ def export_hf_from_run(cfg, out_dir: str) -> None:
     mesh = make_run_mesh(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     model_cfg, params = build_model(cfg, tokenizer, mesh)
-    state = ts.init_train_state(model_cfg, config_lib.step_settings(cfg), params, make_optimizer(cfg), mesh)
+    state = ts.make_train_step(model_cfg, config_lib.step_settings(cfg), make_optimizer(cfg), mesh).init_state(params)
     checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, async_save=False)
     state, meta = checkpointer.restore(state)
     checkpointer.close()
@@ -276,7 +275,7 @@ def ttt_settings(cfg) -> ttt_methods.TTTSettings:
         multi_turn_max_prompt_tokens=t.multi_turn_max_prompt_tokens,
         multi_turn_prompt_buckets=tuple(t.multi_turn_prompt_buckets), bootstrap_resamples=t.bootstrap_resamples,
         confidence=t.confidence, report_ks=tuple(t.report_ks), targets=tuple(t.targets),
-        success_threshold=cfg.reprompt.success_threshold, run_dir=cfg.run_dir, config=cfg.to_dict())
+        run_dir=cfg.run_dir, config=cfg.to_dict())
 
 
 def ttt_candidates(cfg) -> list[dict]:
@@ -301,8 +300,9 @@ def build_ttt(cfg, *, devices=None, log=log0):
     except BaseException:
         close()
         raise
-    run = ttt_methods.TTTRun(settings=ttt_settings(cfg), actor=actor, step_settings=config_lib.step_settings(cfg),
-                             shapes=batch_shapes(cfg), optimizer=make_optimizer(cfg))
+    train_step = ts.make_train_step(actor.model_cfg, config_lib.step_settings(cfg), make_optimizer(cfg), actor.mesh)
+    run = ttt_methods.TTTRun(settings=ttt_settings(cfg), actor=actor, train_step=train_step,
+                             batch_settings=batch_settings(cfg))
     return run, params, close
 
 

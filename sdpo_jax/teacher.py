@@ -115,12 +115,6 @@ def ema_update(teacher_params, params, rate: float):
                         teacher_params, params)
 
 
-def init_teacher_params(kind: str, params):
-    """`make(kind).init_params(params)`: an fp32 copy (`ema`), a copy of the initial parameters (`frozen`,
-    `trust_region`: the reference model), or None (`live` shares the student's arrays)."""
-    return make(kind).init_params(params)
-
-
 def teacher_logits(model_cfg, kind: str, params, teacher_params, ids_bl, mask_bl, *,
                    mix: float = defaults.TRUST_REGION_MIX):
     """Materialised teacher logits [B, L, V] (fp32, no gradient): the reference for tests and small runs."""

@@ -36,7 +36,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from sdpo_jax import batch as batch_lib
-from sdpo_jax import context_probe, models, rollout, sampling, sharding
+from sdpo_jax import checkpoint as ckpt_lib
+from sdpo_jax import context_probe, models, programs, rollout, sampling, sharding
 from sdpo_jax import train_step as ts
 from sdpo_jax.logging import log0, plot_curves, read_jsonl
 from sdpo_jax.run_report import EXIT_NO_LEARNING, EXIT_NONFINITE, judge_gain
@@ -72,7 +73,7 @@ class Run:
     """Everything the loop needs, built once by `setup.build_run`."""
     settings: LoopSettings
     actor: rollout.Actor
-    shapes: batch_lib.BatchShapes
+    batch_settings: batch_lib.BatchSettings
     step: ts.TrainStep
     state: ts.TrainState
     data_iter: Any
@@ -144,8 +145,10 @@ def report_compiled(step: ts.TrainStep, state, batch: batch_lib.RolloutBatch) ->
     counts = {"prefill": sampling._prefill._cache_size(), "decode": sampling._decode._cache_size(),
               "train_step": step.jitted._cache_size()}
     settings = step.settings
-    first = batch_lib.split_minibatches(batch, minibatch_groups=settings.minibatch_groups,
-                                        micro_batches=settings.micro_batches, mesh=step.mesh)[0]
+    rows = batch_lib.minibatch_row_indices(batch.group_ids, settings.minibatch_groups, step.rows_multiple).shape[1]
+    widths = {"prompt": batch.prompt_ids.shape[1], "teacher_prompt": batch.teacher_prompt_ids.shape[1],
+              "completion": batch.completion_ids.shape[1]}
+    first = programs.abstract_minibatch(rows, widths, step.mesh)  # shapes only: nothing copied to the devices
     with sharding.use_mesh(step.mesh):
         memory = step.jitted.lower(state, first).compile().memory_analysis()
     mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
@@ -158,7 +161,7 @@ def _resume(run: Run) -> tuple[int, dict]:
     s, counters = run.settings, {"skipped_nonfinite_total": 0, "nonfinite_in_a_row": 0}
     if not (s.resume_from or (s.resume and run.checkpointer.latest_step() is not None)):
         return 0, counters
-    source = type(run.checkpointer)(s.resume_from, async_save=False) if s.resume_from else run.checkpointer
+    source = ckpt_lib.RunCheckpointer(s.resume_from, async_save=False) if s.resume_from else run.checkpointer
     run.state, meta = source.restore(run.state)
     run.data_iter.set_state(meta["data_state"])
     log0(f"resumed from {source.directory} at step {meta['step']}")
@@ -183,9 +186,9 @@ def loop(run: Run) -> int:
         for step in range(start_step, s.steps):
             problems = next(run.data_iter)
             key = jax.random.fold_in(base_key, step)
-            roll = rollout.sample(actor, run.state.params, problems, key, actor.rollout_policy,
-                                  first_group_id=step * len(problems))
-            batch, reprompt_metrics, teacher_prompts = batch_lib.build(roll, actor.tokenizer, run.shapes)
+            roll = rollout.sample(actor, rollout.decode_weights(actor, run.state.params), problems, key,
+                                  actor.rollout_policy, first_group_id=step * len(problems))
+            batch, reprompt_metrics, teacher_prompts = batch_lib.build(roll, actor.tokenizer, run.batch_settings)
             if dump_rollouts:
                 _dump_rollouts(s.run_dir, step, problems, roll)
             start = time.time()
@@ -199,7 +202,7 @@ def loop(run: Run) -> int:
             tokens = int(roll.lengths.sum())
             if s.context_every and (step == 0 or (step + 1) % s.context_every == 0):
                 reprompt_metrics.update(context_probe.context_metrics(actor, run.state, problems, roll, teacher_prompts,
-                                                                       run.shapes.teacher_prompt_buckets))
+                                                                       run.batch_settings.teacher_prompt_buckets))
             metrics.update(reprompt_metrics)
             metrics.update(
                 reward=float(roll.rewards.mean()), accuracy=float((roll.rewards >= actor.success_threshold).mean()),

@@ -2,8 +2,8 @@
 
     settings = StepSettings(objective="sdpo", loss_mode="topk", topk=100, alpha=0.5, teacher_kind="ema")
     optimizer = make_optimizer(lr=1e-5, warmup_steps=10)
-    state = init_train_state(model_cfg, settings, params, optimizer, mesh)
     step = make_train_step(model_cfg, settings, optimizer, mesh)  # the step's three jitted programs
+    state = step.init_state(params)
     state, metrics = update_on_generation_batch(step, state, rollout_batch)
 
 One optimizer step (`make_train_step`): for each micro-batch, the student's hidden states on
@@ -151,7 +151,8 @@ def make_optimizer(lr: float, warmup_steps: int, weight_decay: float = 0.01, b1:
     return optax.chain(optax.clip_by_global_norm(grad_clip), adamw) if grad_clip else adamw
 
 
-def _abstract_params(model_cfg):
+def abstract_params(model_cfg):
+    """The parameters as ShapeDtypeStructs (param dtype, no sharding): nothing allocated."""
     dtype = jnp.dtype(model_cfg.param_dtype)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(tuple(s), dtype), models.param_shapes(model_cfg),
                         is_leaf=lambda x: isinstance(x, tuple))
@@ -162,7 +163,7 @@ def train_state_shardings(model_cfg, settings: StepSettings, optimizer, mesh) ->
     the optimizer's moments like the parameters, its counters and the step replicated."""
     param_sh = models.param_shardings(model_cfg, mesh)
     replicated = NamedSharding(mesh, P())
-    opt_abstract = jax.eval_shape(optimizer.init, _abstract_params(model_cfg))
+    opt_abstract = jax.eval_shape(optimizer.init, abstract_params(model_cfg))
     opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, opt_abstract, param_sh,
                                    transform_non_params=lambda _: replicated)
     teacher_sh = param_sh if settings.teacher.owns_params else None
@@ -281,7 +282,7 @@ class TrainStep:
     Calling the object runs one optimizer step under the mesh."""
 
     def __init__(self, model_cfg, settings: StepSettings, optimizer, mesh=None):
-        self.model_cfg, self.settings, self.mesh = model_cfg, settings, mesh
+        self.model_cfg, self.settings, self.optimizer, self.mesh = model_cfg, settings, optimizer, mesh
         m = settings.micro_batches
         step_fn = functools.partial(_step, model_cfg, settings, optimizer,
                                     models.param_shardings(model_cfg, mesh) if mesh is not None else None)
@@ -303,6 +304,10 @@ class TrainStep:
                 update_fn, in_shardings=(state_sh.teacher_params, state_sh.params),
                 out_shardings=state_sh.teacher_params, donate_argnums=(0,))
         self.rows_multiple = data_parallel_size(mesh) * m
+
+    def init_state(self, params) -> TrainState:
+        """A fresh TrainState from `params` (consumed) in this step's shardings (`init_train_state`)."""
+        return init_train_state(self.model_cfg, self.settings, params, self.optimizer, self.mesh)
 
     def __call__(self, state: TrainState, batch: RolloutBatch):
         rows = batch.rewards.shape[0]
@@ -397,7 +402,8 @@ def update_on_generation_batch(step: TrainStep, state: TrainState, batch: Rollou
     for mb in minibatches:
         state, metrics = step(state, mb)
         per_step.append(metrics)
-    metrics = {k: np.array([float(m[k]) for m in per_step]) for k in per_step[0]}
+    per_step = jax.device_get(per_step)  # one transfer for every mini-batch's metrics
+    metrics = {k: np.array([m[k] for m in per_step], np.float64) for k in per_step[0]}
     any_applied = bool(np.any(metrics["skipped_nonfinite"] == 0))
     moved = step.teacher_update is not None and any_applied
     if moved:

@@ -5,20 +5,10 @@ not a timing claim, only that the benchmark measures what it says (finite per-ph
 inside each step's wall time, a peer and finite ratios)."""
 import json
 import math
-import os
 import subprocess
 import sys
+from tests.subprocess_env import REPO, job_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _env():
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-               JAX_COMPILATION_CACHE_DIR=os.path.join(REPO, ".jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1",
-               TOKENIZERS_PARALLELISM="false")
-    return env
 
 
 def _finite(x):
@@ -34,7 +24,7 @@ def test_tiny_rl_step_prints_finite_phases_and_ratios(tmp_path):
     out = tmp_path / "rl.json"
     proc = subprocess.run([sys.executable, "bench/rl_step.py", "--size", "tiny", "--steps", "3", "--json", str(out),
                            "--run_dir", str(tmp_path / "scratch")],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     steps = result["ours"]["steps"]

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from sdpo_jax.envs import Score, Scorer, base, get_env
+from sdpo_jax.envs import Score, Scorer, get_env
 
 ENV = "tests.test_envs_base"
 

@@ -21,8 +21,8 @@ import sys
 import pytest
 
 from sdpo_jax.logging import read_tensorboard_scalars
+from tests.subprocess_env import REPO, job_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N = 4  # rollout.n
 TINY = [
     "--config.model.init.hidden_size=32", "--config.model.init.num_layers=1",
@@ -43,27 +43,18 @@ TINY = [
 ]
 
 
-def _env(devices: int, **extra) -> dict:
-    env = dict(os.environ)
-    env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               HF_HUB_OFFLINE="1", JAX_COMPILATION_CACHE_DIR=os.path.join(REPO, ".jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1", SDPO_JAX_DUMP_ROLLOUTS="1")
-    env.update(extra)
-    return env
-
-
 def _launch(run_dir, processes: int, *extra, timeout=240, module="sdpo_jax.main", config="configs/demo.py",
             flags=tuple(TINY)) -> list[str]:
     """Run `module` as `processes` processes (devices 8 / processes each); returns each one's output."""
     cmd = [sys.executable, "-m", module, f"--config={config}", f"--config.run_dir={run_dir}", *flags, *extra]
     if processes == 1:
-        envs = [_env(8)]
+        envs = [job_env(8, SDPO_JAX_DUMP_ROLLOUTS="1")]
     else:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        envs = [_env(8 // processes, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
-                     JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(p)) for p in range(processes)]
+        envs = [job_env(8 // processes, SDPO_JAX_DUMP_ROLLOUTS="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                        JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(p)) for p in range(processes)]
     procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for env in envs]
     try:

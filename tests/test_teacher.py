@@ -62,11 +62,11 @@ def test_teacher_parameter_copies_and_ema_update():
     ema_update is (1 - r) t + r s leaf by leaf and keeps fp32."""
     live, _, _, _ = _inputs()
     bf16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), live)
-    ema = teacher.init_teacher_params("ema", bf16)
+    ema = teacher.make("ema").init_params(bf16)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(ema))
-    frozen = teacher.init_teacher_params("frozen", live)
+    frozen = teacher.make("frozen").init_params(live)
     assert all(a is not b for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(live)))
-    assert teacher.init_teacher_params("live", live) is None
+    assert teacher.make("live").init_params(live) is None
     t = jax.tree.map(lambda x: x.astype(jnp.float32), live)
     s = jax.tree.map(lambda x: x + 1.0, live)
     new = teacher.ema_update(t, s, 0.05)
@@ -74,7 +74,7 @@ def test_teacher_parameter_copies_and_ema_update():
         assert a.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(a), 0.95 * np.asarray(b) + 0.05 * np.asarray(c), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="teacher.kind"):
-        teacher.init_teacher_params("moving_average", live)
+        teacher.make("moving_average").init_params(live)
 
 
 class _HalfwayTeacher(teacher.Teacher):

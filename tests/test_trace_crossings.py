@@ -3,21 +3,11 @@
 Runs the tool as users do, in a subprocess with one CPU device, on the demo for 3 steps, and checks the
 structure of what it writes: not a claim about how many crossings there should be."""
 import json
-import os
 import subprocess
 import sys
+from tests.subprocess_env import REPO, job_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_KEYS = {"step", "crossings", "returns_to_loop", "modules_entered", "modules", "calls", "distinct_pairs", "pairs"}
-
-
-def _env():
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-               JAX_COMPILATION_CACHE_DIR=os.path.join(REPO, ".jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1",
-               TOKENIZERS_PARALLELISM="false")
-    return env
 
 
 def test_demo_step_crossings_are_counted_from_the_train_loop(tmp_path):
@@ -28,7 +18,7 @@ def test_demo_step_crossings_are_counted_from_the_train_loop(tmp_path):
     pair counts add up to the crossings (all pairs fit in the top 30 on the demo)."""
     out = tmp_path / "trace.json"
     proc = subprocess.run([sys.executable, "-m", "sdpo_jax.tools.trace_crossings", "--json", str(out)],
-                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+                          cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert STEP_KEYS | {"loop_module", "loop_function", "exit_code", "job_argv", "steps_seen", "per_step"} <= set(result)

@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
+from tests.subprocess_env import REPO, job_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = [
     "--config.model.init.hidden_size=32", "--config.model.init.num_layers=1",
@@ -25,21 +25,13 @@ TINY = [
 ]
 
 
-def _env():
-    env = dict(os.environ)
-    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-               JAX_COMPILATION_CACHE_DIR=os.path.join(REPO, ".jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
-    return env
-
-
 def _cmd(run_dir, *extra):
     return [sys.executable, "-m", "sdpo_jax.main", "--config=configs/demo.py", f"--config.run_dir={run_dir}",
             *TINY, *extra]
 
 
 def _run(run_dir, *extra, timeout=300):
-    proc = subprocess.run(_cmd(run_dir, *extra), cwd=REPO, env=_env(), capture_output=True, text=True,
+    proc = subprocess.run(_cmd(run_dir, *extra), cwd=REPO, env=job_env(), capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -95,7 +87,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path):
     expected = _metrics(reference)
 
     killed = str(tmp_path / "killed")
-    proc = subprocess.Popen(_cmd(killed, *steps), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(killed, *steps), cwd=REPO, env=job_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not [s for s in _checkpoint_steps(killed) if s >= 2] and time.time() < deadline:
@@ -123,7 +115,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     """Invariant: SIGTERM mid-run makes the job save a checkpoint at the step it stopped and exit 0."""
     run_dir = str(tmp_path / "run")
     proc = subprocess.Popen(_cmd(run_dir, "--config.train.steps=500", "--config.checkpoint.every=0"),
-                            cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = os.path.join(run_dir, "metrics.jsonl")
     deadline = time.time() + 300
     while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
@@ -139,7 +131,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def _run_any(run_dir, *extra, timeout=300):
-    return subprocess.run(_cmd(run_dir, *extra), cwd=REPO, env=_env(), capture_output=True, text=True,
+    return subprocess.run(_cmd(run_dir, *extra), cwd=REPO, env=job_env(), capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -16,7 +16,8 @@ def test_whole_train_step_temp_memory_below_half_a_logits_array():
     the [V, D] embedding gradient, its unembedding twin and AdamW's temporaries.)"""
     settings = ts.StepSettings(teacher_kind="ema", topk=100, alpha=0.5, vocab_chunk=8192)
     optimizer = ts.make_optimizer(1e-5, 10)
-    state, batch = programs.abstract_step_inputs(BIG_VOCAB, settings, optimizer)
+    state = programs.abstract_train_state(BIG_VOCAB, settings, optimizer)
+    batch = programs.abstract_minibatch(1, {"prompt": 16, "teacher_prompt": 32, "completion": 2048})
     step = ts.make_train_step(BIG_VOCAB, settings, optimizer)
     temp = step.jitted.lower(state, batch).compile().memory_analysis().temp_size_in_bytes
     half_tv = 2048 * 151936 * 4 / 2

@@ -162,11 +162,8 @@ def test_first_success_counts_every_attempt_and_stops(tmp_path):
 
     try:
         run.actor.scorer = scorer
-        from sdpo_jax import train_step as ts
-
-        step = ts.make_train_step(run.actor.model_cfg, run.step_settings, run.optimizer, run.actor.mesh)
         problem = synthetic.make_problems(1, seed=3, difficulty=3)[0]
-        result = ttt.sdpo_on_question(run, params0, problem, seed=0, question_index=0, train_step=step)
+        result = ttt.sdpo_on_question(run, params0, problem, seed=0, question_index=0)
         assert (result["first_success"], result["steps"], result["attempts"]) == (21, 2, 24)
 
         calls["n"] = 0

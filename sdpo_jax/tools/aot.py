@@ -36,10 +36,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "-1")  # GPU targets (NxH100) are 
 
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

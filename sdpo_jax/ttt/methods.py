@@ -26,7 +26,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,7 @@ METHODS = ("sdpo", "best_of_k", "multi_turn")
 
 @dataclasses.dataclass(frozen=True)
 class TTTSettings:
-    """The comparison's settings (config ttt.*, with seed, run_dir and reprompt.success_threshold): which
+    """The comparison's settings (config ttt.*, with seed and run_dir): which
     methods, how many seeds and attempts per (question, seed), the SDPO batch, best-of-k's draws, the
     selection of hard questions, the multi-turn prompt budget, the bootstrap; `config` the resolved config
     as a plain dict (written to discovery.json)."""
@@ -65,7 +65,6 @@ class TTTSettings:
     confidence: float
     report_ks: tuple[int, ...]
     targets: tuple[float, ...]
-    success_threshold: float
     run_dir: str
     config: dict
 
@@ -73,12 +72,11 @@ class TTTSettings:
 @dataclasses.dataclass
 class TTTRun:
     """What every method needs: the settings, the actor (model, tokenizer, env, scorer, the rollout's sampling
-    policy), the SDPO step's settings, its batch shapes and its optimizer."""
+    policy, the success threshold), the SDPO step's jitted programs (made once) and its batch settings."""
     settings: TTTSettings
     actor: rollout.Actor
-    step_settings: ts.StepSettings
-    shapes: batch_lib.BatchShapes
-    optimizer: Any
+    train_step: ts.TrainStep
+    batch_settings: batch_lib.BatchSettings
 
 
 # --------------------------------------------------------------------------- multi-turn prompts
@@ -188,14 +186,15 @@ def sample_success_counts(run: TTTRun, params, problems: Sequence[dict], num_sam
     per_call = max(1, min(num_samples, t.sample_rows // max(len(problems), 1) or 1))
     group = max(1, t.sample_rows // per_call)
     counts = np.zeros(len(problems), np.int64)
+    weights = rollout.decode_weights(run.actor, params)  # once for every call
     for g0 in range(0, len(problems), group):
         chunk = list(problems[g0:g0 + group])
         done = 0
         while done < num_samples:
             n = min(per_call, num_samples - done)
-            out = rollout.sample(run.actor, params, chunk, jax.random.fold_in(key, g0 * 1_000_003 + done),
+            out = rollout.sample(run.actor, weights, chunk, jax.random.fold_in(key, g0 * 1_000_003 + done),
                                  _policy(run, n, ("best_of_k_prefill", "best_of_k_decode")))
-            ok = (out.rewards >= t.success_threshold).reshape(len(chunk), n)
+            ok = (out.rewards >= run.actor.success_threshold).reshape(len(chunk), n)
             counts[g0:g0 + len(chunk)] += ok.sum(axis=1)
             done += n
     return counts
@@ -205,26 +204,26 @@ def sample_success_counts(run: TTTRun, params, problems: Sequence[dict], num_sam
 
 
 def sdpo_on_question(run: TTTRun, params0, problem: dict, *, seed: int, question_index: int,
-                     train_step: ts.TrainStep, trace: list | None = None) -> dict:
+                     trace: list | None = None) -> dict:
     """One (question, seed) run of test-time SDPO from `params0` (never modified). Returns the first
     success index (None when the budget ran out), the attempts and steps taken, and fingerprints of
     the weights at the start and the end."""
     t, actor = run.settings, run.actor
     start = time.time()
-    state = ts.init_train_state(actor.model_cfg, run.step_settings, jax.tree.map(jnp.copy, params0), run.optimizer,
-                                actor.mesh)
+    state = run.train_step.init_state(jax.tree.map(jnp.copy, params0))
     start_fp = params_fingerprint(state.params)
     attempts, steps, first = 0, 0, None
     while attempts < t.budget:
         key = _key(t.seed, "sdpo", question_index, seed, steps)
-        roll = rollout.sample(actor, state.params, [problem], key, _policy(run, t.batch_size))
+        roll = rollout.sample(actor, rollout.decode_weights(actor, state.params), [problem], key,
+                              _policy(run, t.batch_size))
         counted = min(t.batch_size, t.budget - attempts)  # the last batch may overrun the budget
-        first = dsc.first_success_index(roll.rewards[:counted], t.success_threshold, offset=attempts)
+        first = dsc.first_success_index(roll.rewards[:counted], actor.success_threshold, offset=attempts)
         attempts += counted
         if first is not None or attempts >= t.budget:
             break
-        batch, reprompt_metrics, _ = batch_lib.build(roll, actor.tokenizer, run.shapes)
-        state, metrics = ts.update_on_generation_batch(train_step, state, batch)
+        batch, reprompt_metrics, _ = batch_lib.build(roll, actor.tokenizer, run.batch_settings)
+        state, metrics = ts.update_on_generation_batch(run.train_step, state, batch)
         steps += 1
         if trace is not None:
             trace.append({"question_index": question_index, "seed": seed, "step": steps,
@@ -272,7 +271,7 @@ def multi_turn(run: TTTRun, params0, problems: Sequence[dict], *, seeds: int,
         truncated = list(np.asarray(out.finish_reason)[:len(active)] == sampling.FINISH_LENGTH)
         scores, _ = rollout.score_rows(actor, [problems[c["question_index"]] for c in active], texts, truncated)
         for c, score in zip(active, scores):
-            if score.reward >= t.success_threshold:
+            if score.reward >= actor.success_threshold:
                 c["first_success"] = turn + 1
             elif score.feedback and score.feedback.strip():
                 c["feedbacks"].append(score.feedback)
@@ -303,13 +302,11 @@ def compare(run: TTTRun, params0, candidates: list[dict], *, log: Callable[..., 
     rows, curves, timings, trace = [], [], {}, []
     if "sdpo" in t.methods:
         start = time.time()
-        train_step = ts.make_train_step(run.actor.model_cfg, run.step_settings, run.optimizer, run.actor.mesh)
         firsts = []
         for q, problem in enumerate(problems):
             per_seed = []
             for seed in range(t.seeds):
-                result = sdpo_on_question(run, params0, problem, seed=seed, question_index=q, train_step=train_step,
-                                          trace=trace)
+                result = sdpo_on_question(run, params0, problem, seed=seed, question_index=q, trace=trace)
                 per_seed.append(result["first_success"])
                 rows.append({"method": "sdpo", "question": names[q], "question_index": q, "seed": seed, **result})
             firsts.append(per_seed)
