@@ -75,12 +75,9 @@ def _decode_memory(cfg, params, batch, args):
     ids = jnp.ones((batch, args.prompt_len), jnp.int32)
     spec = sampling.SamplingSpec(args.temperature, 0, 1.0)
     stop, pad, key = jnp.zeros((0,), jnp.int32), jnp.int32(0), jax.random.key(0)
-    cfg = cfg.replace(scan_layers=True, remat=False)  # as generate runs it
-    state = sampling._prefill(cfg, params, ids, ids, stop, pad, key, spec=spec, n=1,
-                              max_new_tokens=args.new_tokens, cache_dtype=jnp.dtype(args.dtype),
-                              mesh=None)
-    return sampling._decode.lower(cfg, params, state, stop, pad, key, spec=spec).compile() \
-        .memory_analysis()
+    programs = sampling.SamplingPrograms(cfg)  # as generate runs them
+    state = programs.prefill(spec, 1, args.new_tokens, jnp.dtype(args.dtype), params, ids, ids, stop, pad, key)
+    return programs.decode.lower(spec, params, state, stop, pad, key).compile().memory_analysis()
 
 
 def main():

@@ -64,8 +64,8 @@ class ProgramShapes:
 
 @dataclasses.dataclass
 class Program:
-    """One jitted program of the run: `jitted(*static_args, *args, **kwargs)` (static_args: leading static
-    positional arguments, e.g. the ModelConfig); `noted` the static arguments the loop reports to
+    """One jitted program of the run, made as set-up makes it: `jitted(*static_args, *args)` (static_args: its
+    leading static arguments, e.g. the prefill's sampling spec); `noted` the static arguments the loop reports to
     `compiled_calls`; `calls_per_step` how often one RL step calls it (on average, for the evaluation);
     `resident` the tree of the loop's other arrays on device while it runs; `compiled` once compiled.
     `args` may be a function returning them (a decode's arguments are its prefill's compiled outputs:
@@ -74,7 +74,6 @@ class Program:
     jitted: Any
     static_args: tuple
     args: Any
-    kwargs: dict
     noted: dict
     calls_per_step: float
     resident: Any
@@ -96,7 +95,7 @@ class Program:
         if self.compiled is None:
             start = time.time()
             with jax.set_mesh(self.mesh):
-                lowered = self.jitted.lower(*self.static_args, *self.arguments(), **self.kwargs)
+                lowered = self.jitted.lower(*self.static_args, *self.arguments())
                 self.compiled, self.flops = hlo_flops.compile_counting_flops(lowered)
             self.compile_s = time.time() - start
         return self.compiled
@@ -104,7 +103,7 @@ class Program:
     def output_shapes(self):
         """The outputs as ShapeDtypeStructs in their compiled shardings."""
         compiled = self.compile()
-        shapes = jax.eval_shape(lambda *a: self.jitted(*self.static_args, *a, **self.kwargs), *self.arguments())
+        shapes = jax.eval_shape(lambda *a: self.jitted(*self.static_args, *a), *self.arguments())
         return jax.tree.map(lambda s, sh: _abstract(s.shape, s.dtype, sh), shapes, compiled.output_shardings)
 
     @property
@@ -203,7 +202,9 @@ def _generate_programs(shapes: ProgramShapes, model_cfg, state, mesh, *, prompts
     """prefill and decode of `sampling.generate` for `prompts` global prompts x n samples each, at the largest
     rollout prompt bucket unless `prompt_width` (the decode's arguments are the compiled prefill's outputs;
     with_decode=False: the prefill alone, not compiled)."""
-    decode_cfg = sampling.decode_model_config(model_cfg, mesh)
+    sampling_programs = sampling.SamplingPrograms(model_cfg, mesh, weights_shardings=sampling.decode_weights_shardings(
+        model_cfg, mesh, gathered=shapes.decode_gathered))  # as setup.build_actor makes them
+    decode_cfg = sampling_programs.model_cfg
     params = abstract_decode_params(shapes, model_cfg, state, mesh)
     resident = state._replace(params=None) if params is state.params else state
     batch = sampling.padded_prompt_count(prompts, n, mesh)
@@ -214,15 +215,15 @@ def _generate_programs(shapes: ProgramShapes, model_cfg, state, mesh, *, prompts
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
     cache_dtype = jnp.dtype(shapes.cache_dtype or model_cfg.compute_dtype)
     max_new = int(shapes.max_new_tokens)
-    prefill = Program(names[0], sampling._prefill, (decode_cfg,), (params, ids, ids, stop_ids, pad, key),
-                      dict(spec=spec, n=int(n), max_new_tokens=max_new, cache_dtype=cache_dtype, mesh=mesh),
+    prefill = Program(names[0], sampling_programs.prefill, (spec, int(n), max_new, cache_dtype),
+                      (params, ids, ids, stop_ids, pad, key),
                       dict(cfg=decode_cfg, spec=spec, n=int(n), max_new_tokens=max_new, cache_dtype=str(cache_dtype)),
                       calls_per_step, resident)
     if not with_decode:
         return [prefill]
-    decode = Program(names[1], sampling._decode, (decode_cfg,),
+    decode = Program(names[1], sampling_programs.decode, (spec,),
                      lambda: (params, prefill.output_shapes(), stop_ids, pad, key),
-                     dict(spec=spec), dict(cfg=decode_cfg, spec=spec), calls_per_step, resident)
+                     dict(cfg=decode_cfg, spec=spec), calls_per_step, resident)
     return [prefill, decode]
 
 
@@ -251,12 +252,12 @@ def run_programs(shapes: ProgramShapes, model_cfg, mesh, *, eval_questions: int 
     others = [minibatch] * (count - 1)  # split_minibatches places every mini-batch of the step at once
     step = ts.make_train_step(model_cfg, settings, shapes.optimizer, mesh)  # the loop's own three programs
     if not settings.old_logprobs_from_step:
-        programs.append(Program("old_logprobs", step.old_logprobs, (), (state.params, minibatch), {},
+        programs.append(Program("old_logprobs", step.old_logprobs, (), (state.params, minibatch),
                                 {}, float(count), (state._replace(params=None), others)))
-    programs.append(Program("train_step", step.jitted, (), (state, minibatch), {}, {}, float(count), others))
+    programs.append(Program("train_step", step.jitted, (), (state, minibatch), {}, float(count), others))
     if step.teacher_update is not None:
         programs.append(Program("teacher_update", step.teacher_update, (), (state.teacher_params, state.params),
-                                {}, {}, 1.0, (state._replace(params=None, teacher_params=None), others + [minibatch])))
+                                {}, 1.0, (state._replace(params=None, teacher_params=None), others + [minibatch])))
 
     questions = shapes.eval_prompts if eval_questions is None else eval_questions
     if shapes.eval_every and questions and wanted & {"eval_prefill", "eval_decode"}:

@@ -48,6 +48,7 @@ class Actor:
     prompt_buckets: tuple[int, ...]
     cache_dtype: str
     weights_copy: Callable | None  # params -> the weights generate reads (sampling.decode_weights_program)
+    programs: sampling.SamplingPrograms  # the prefill and decode jits, made once for these weights and mesh
     enable_thinking: bool
     success_threshold: float
     rollout_policy: SamplingPolicy
@@ -118,7 +119,7 @@ def generate(actor: Actor, weights, prompt_ids: list[list[int]], key, policy: Sa
         actor.model_cfg, weights, prompt_ids, max_new_tokens=actor.max_new_tokens, temperature=policy.temperature,
         top_p=policy.top_p, top_k=policy.top_k, eos_ids=actor.eos_ids, n=policy.n, rng=key,
         prompt_buckets=prompt_buckets or actor.prompt_buckets, mesh=actor.mesh, cache_dtype=actor.cache_dtype,
-        pad_id=actor.tokenizer.pad_token_id, program_names=policy.program_names)
+        pad_id=actor.tokenizer.pad_token_id, program_names=policy.program_names, programs=actor.programs)
 
 
 def sample(actor: Actor, weights, problems: list[dict], key, policy: SamplingPolicy, *,

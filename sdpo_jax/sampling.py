@@ -12,10 +12,10 @@ log-probs, not the behaviour distribution's. `lengths` [B·n] counts completion 
 included); `finish_reason` [B·n] is FINISH_STOP or FINISH_LENGTH; `num_decode_steps` is how many
 decode iterations ran (the first token comes from the prefill, so at most max_new_tokens - 1).
 
-Programs: one prefill per (prompt bucket, batch, max_new_tokens, sampling flags) and one decode per
-the same key; both are module-level `jax.jit`s, so `_prefill._cache_size()` counts compiles. The
-prefill projects only the last prompt position to the vocabulary, runs each distinct prompt once and
-repeats its cache n times. The decode feeds one token per row per step (positions continue from the
+Programs (`SamplingPrograms`, made once at set-up with their shardings and donation): one prefill per
+(prompt bucket, batch, max_new_tokens, sampling flags) and one decode per the same key, compiled lazily on
+first use (`SamplingPrograms.compile_counts`). The prefill projects only the last prompt position to the
+vocabulary, runs each distinct prompt once and repeats its cache n times. The decode feeds one token per row per step (positions continue from the
 prompt's mask), writes its K/V at slot P + t, and stops when every row has hit a stop id. Both run
 the layer stack under `lax.scan` whatever `cfg.scan_layers` says (one compiled layer body; faster
 decode steps on XLA:CPU); stop ids are padded with -1 to a multiple of 8 so their count does not
@@ -116,6 +116,14 @@ def _cache_sharding(cfg, mesh) -> NamedSharding | None:
     return NamedSharding(mesh, PartitionSpec(None, _ROW_AXES, None, heads, None))  # [L, rows, S, K, H]
 
 
+def decode_state_shardings(cfg, mesh) -> dict:
+    """The decode state's shardings (a tree prefix of `_prefill`'s result): the cache as `_cache_sharding`,
+    every per-row array's rows over ("data", "fsdp"), the step counter replicated."""
+    rows = {name: _row_sharding(mesh, ndim) for name, ndim in
+            (("tokens", 2), ("logprobs", 2), ("done", 1), ("lengths", 1), ("prompt_lengths", 1), ("slot_mask", 2))}
+    return {"cache": _cache_sharding(cfg, mesh), **rows, "step": NamedSharding(mesh, PartitionSpec())}
+
+
 def _row_parallelism(mesh) -> int:
     return 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
 
@@ -177,6 +185,14 @@ def decode_param_shardings(cfg, mesh):
     return jax.tree.map(without_fsdp, models.param_shardings(cfg, mesh))
 
 
+def decode_weights_shardings(cfg, mesh, *, gathered: bool):
+    """The shardings of the weights `generate` reads (see `decode_weights_program`): without `fsdp` when
+    gathered, else the parameters' own; None without a mesh."""
+    if mesh is None:
+        return None
+    return decode_param_shardings(cfg, mesh) if gathered else models.param_shardings(cfg, mesh)
+
+
 def tree_nbytes(tree) -> dict:
     """{"total": bytes of the logical arrays, "per_device_max": the largest per-device share}."""
     total, per_device = 0, {}
@@ -190,10 +206,8 @@ def tree_nbytes(tree) -> dict:
 # ----------------------------------------------------------------------------- the two programs
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "spec", "n", "max_new_tokens", "cache_dtype",
-                                             "mesh"))
-def _prefill(cfg, params, prompt_ids_bp, prompt_mask_bp, stop_ids_e, pad_id, rng, *, spec, n,
-             max_new_tokens, cache_dtype, mesh):
+def _prefill(cfg, mesh, spec, n, max_new_tokens, cache_dtype, params, prompt_ids_bp, prompt_mask_bp, stop_ids_e,
+             pad_id, rng):
     """Run the B distinct prompts once, choose each row's first token, and build the decode state
     for B·n rows with a KV cache of P + max_new_tokens slots (rows r = b·n + s)."""
     batch, prompt_len = prompt_ids_bp.shape
@@ -231,8 +245,7 @@ def _prefill(cfg, params, prompt_ids_bp, prompt_mask_bp, stop_ids_e, pad_id, rng
     return state
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "spec"), donate_argnames=("state",))
-def _decode(cfg, params, state, stop_ids_e, pad_id, rng, *, spec):
+def _decode(cfg, spec, params, state, stop_ids_e, pad_id, rng):
     """`lax.while_loop` over completion columns 1..C-1; exits when every row is done."""
     width = state["tokens"].shape[1]
     prompt_len = state["slot_mask"].shape[1] - width
@@ -265,6 +278,49 @@ def _decode(cfg, params, state, stop_ids_e, pad_id, rng, *, spec):
     # The whole final state is returned so every donated buffer (the cache above all) aliases an
     # output: the loop then updates it in place with no copy. The caller drops the cache.
     return final, jnp.where(final["done"], FINISH_STOP, FINISH_LENGTH).astype(jnp.int32)
+
+
+class SamplingPrograms:
+    """The rollout's two jitted programs for one model, mesh and weight layout, made once (`setup.build_actor`;
+    `programs.py` lowers the same ones from abstract arguments):
+
+    - `prefill(spec, n, max_new_tokens, cache_dtype, weights, prompt_ids, prompt_mask, stop_ids, pad_id, key)
+      -> state` (`_prefill`), the first four static;
+    - `decode(spec, weights, state, stop_ids, pad_id, key) -> (state, finish_reason)` (`_decode`), `spec`
+      static, the state donated (the loop writes the cache in place).
+
+    On a mesh both carry their shardings at the jit: the weights in `weights_shardings` (None: as they are
+    placed), the stop ids, pad id and key replicated, the prompts as `generate` places them (`prompt_sharding`:
+    rows split when they divide the row axes), the state in `decode_state_shardings`. `model_cfg` is the
+    decode configuration (`decode_model_config`). Each compiles lazily, once per (prompt bucket, rows,
+    max_new_tokens, sampling spec, cache dtype)."""
+
+    def __init__(self, model_cfg, mesh=None, weights_shardings=None):
+        self.model_cfg, self.mesh = decode_model_config(model_cfg, mesh), mesh
+        prefill_fn = functools.partial(_prefill, self.model_cfg, mesh)
+        decode_fn = functools.partial(_decode, self.model_cfg)
+        if mesh is None:
+            self.prefill = jax.jit(prefill_fn, static_argnums=(0, 1, 2, 3))
+            self.decode = jax.jit(decode_fn, static_argnums=(0,), donate_argnums=(2,))
+            return
+        replicated = NamedSharding(mesh, PartitionSpec())
+        state_sh = decode_state_shardings(self.model_cfg, mesh)
+        self.prefill = jax.jit(prefill_fn, static_argnums=(0, 1, 2, 3),
+                               in_shardings=(weights_shardings, None, None, replicated, replicated, replicated),
+                               out_shardings=state_sh)
+        self.decode = jax.jit(decode_fn, static_argnums=(0,), donate_argnums=(2,),
+                              in_shardings=(weights_shardings, state_sh, replicated, replicated, replicated),
+                              out_shardings=(state_sh, _row_sharding(mesh, 1)))
+
+    def compile_counts(self) -> dict[str, int]:
+        """{"prefill": programs compiled so far, "decode": ...}."""
+        return {"prefill": self.prefill._cache_size(), "decode": self.decode._cache_size()}
+
+
+@functools.lru_cache(maxsize=None)
+def default_programs(model_cfg, mesh=None) -> SamplingPrograms:
+    """The programs `generate` runs when it is given none: one set per (model, mesh), the weights as placed."""
+    return SamplingPrograms(model_cfg, mesh)
 
 
 # ----------------------------------------------------------------------------- the public entry
@@ -301,7 +357,8 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
              eos_ids: Sequence[int], n: int = 1, rng, prompt_buckets: Sequence[int] | None = None,
              mesh=None, cache_dtype=None, pad_id: int | None = None,
-             program_names: tuple[str, str] = ("prefill", "decode")) -> GenerateOutput:
+             program_names: tuple[str, str] = ("prefill", "decode"),
+             programs: SamplingPrograms | None = None) -> GenerateOutput:
     """Sample n completions for each prompt (token-id lists of any lengths) on device.
 
     temperature=0 is greedy. eos_ids may hold several stop ids (or none: fixed-length runs).
@@ -317,7 +374,8 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     row, as one process would: sampling depends only on the global row position (threefry is
     partitionable in this JAX), so P processes draw exactly what one process draws, whatever the
     number of prompts or how the mesh's row axes fall on hosts. `program_names`: what the two programs
-    are called in `compiled_calls` (the evaluation's are "eval_prefill" / "eval_decode").
+    are called in `compiled_calls` (the evaluation's are "eval_prefill" / "eval_decode"). `programs`: the
+    `SamplingPrograms` made at set-up for this model and mesh (default: `default_programs(cfg, mesh)`).
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"generate: n={n!r} must be an integer >= 1 (samples per prompt)")
@@ -366,19 +424,19 @@ def generate(cfg, params, prompts: Sequence[Sequence[int]], *, max_new_tokens: i
     key = _as_key(rng)
     if mesh is not None:
         key = sharding_lib.replicated_key(key, mesh)
-    # The layer stack always runs under lax.scan here: one compiled layer body, and (XLA:CPU) no
-    # per-step copies of unrolled layer slices (2x faster decode steps at batch 1).
-    cfg = decode_model_config(cfg, mesh)
-
-    cache_dtype = _resolve_dtype(cfg, cache_dtype)
+    programs = programs or default_programs(cfg, mesh)
+    if programs.mesh != mesh:
+        raise ValueError("generate: `programs` were made for another mesh than `mesh`")
+    decode_cfg = programs.model_cfg  # the layer stack under lax.scan, the platform's cache layout
+    cache_dtype = _resolve_dtype(decode_cfg, cache_dtype)
     compiled_calls.note(program_names[0], (params, ids_bp, mask_bp, stop_ids_e, pad, key),
-                        dict(cfg=cfg, spec=spec, n=int(n), max_new_tokens=int(max_new_tokens),
+                        dict(cfg=decode_cfg, spec=spec, n=int(n), max_new_tokens=int(max_new_tokens),
                              cache_dtype=str(cache_dtype)))
     with sharding_lib.use_mesh(mesh):  # the model's activation constraints apply while sampling too
-        state = _prefill(cfg, params, ids_bp, mask_bp, stop_ids_e, pad, key, spec=spec, n=int(n),
-                         max_new_tokens=int(max_new_tokens), cache_dtype=cache_dtype, mesh=mesh)
-        compiled_calls.note(program_names[1], (params, state, stop_ids_e, pad, key), dict(cfg=cfg, spec=spec))
-        final, finish = _decode(cfg, params, state, stop_ids_e, pad, key, spec=spec)
+        state = programs.prefill(spec, int(n), int(max_new_tokens), cache_dtype, params, ids_bp, mask_bp, stop_ids_e,
+                                 pad, key)
+        compiled_calls.note(program_names[1], (params, state, stop_ids_e, pad, key), dict(cfg=decode_cfg, spec=spec))
+        final, finish = programs.decode(spec, params, state, stop_ids_e, pad, key)
     del final["cache"]
     keep = num_prompts * n  # the real rows (padding rows dropped)
     out = dict(tokens=final["tokens"], logprobs=final["logprobs"], lengths=final["lengths"], finish_reason=finish)

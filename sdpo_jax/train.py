@@ -140,10 +140,10 @@ def _host_scalar_metrics(tree) -> dict:
     return out
 
 
-def report_compiled(step: ts.TrainStep, state, batch: batch_lib.RolloutBatch) -> None:
+def report_compiled(sampling_programs: sampling.SamplingPrograms, step: ts.TrainStep, state,
+                    batch: batch_lib.RolloutBatch) -> None:
     """Compile counts of the jitted programs and the train step's compiled memory (start-up report)."""
-    counts = {"prefill": sampling._prefill._cache_size(), "decode": sampling._decode._cache_size(),
-              "train_step": step.jitted._cache_size()}
+    counts = {**sampling_programs.compile_counts(), "train_step": step.jitted._cache_size()}
     settings = step.settings
     rows = batch_lib.minibatch_row_indices(batch.group_ids, settings.minibatch_groups, step.rows_multiple).shape[1]
     widths = {"prompt": batch.prompt_ids.shape[1], "teacher_prompt": batch.teacher_prompt_ids.shape[1],
@@ -196,7 +196,7 @@ def loop(run: Run) -> int:
             metrics = _host_scalar_metrics(step_metrics)
             time_update = time.time() - start
             if step == start_step:
-                report_compiled(run.step, run.state, batch)
+                report_compiled(run.actor.programs, run.step, run.state, batch)
             counters["skipped_nonfinite_total"] += int(metrics.get("skipped_nonfinite", 0) > 0)
             counters["nonfinite_in_a_row"] = counters["nonfinite_in_a_row"] + 1 if metrics.get("skipped_nonfinite", 0) else 0
             tokens = int(roll.lengths.sum())

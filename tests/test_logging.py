@@ -1,5 +1,4 @@
 """Run logging: JSONL rows, TensorBoard event framing, the end-of-run plot."""
-import json
 import os
 
 import pytest

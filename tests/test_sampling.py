@@ -131,10 +131,10 @@ def test_kv_cache_used_no_TxT_buffer_and_early_exit(qwen3):
     ids, mask = sampling.pad_to_bucket(PROMPTS, BUCKETS, pad_id=0)
     spec = sampling.SamplingSpec(0.0, 0, 1.0)
     stop_e, pad, key = jnp.full((8,), -1, jnp.int32), jnp.int32(0), jax.random.key(0)
-    state = sampling._prefill(cfg, params, jnp.asarray(ids), jnp.asarray(mask), stop_e, pad, key,
-                              spec=spec, n=1, max_new_tokens=width,
-                              cache_dtype=jnp.dtype("float32"), mesh=None)
-    lowered = sampling._decode.lower(cfg, params, state, stop_e, pad, key, spec=spec)
+    programs = sampling.SamplingPrograms(cfg)
+    state = programs.prefill(spec, 1, width, jnp.dtype("float32"), params, jnp.asarray(ids), jnp.asarray(mask),
+                             stop_e, pad, key)
+    lowered = programs.decode.lower(spec, params, state, stop_e, pad, key)
     hlo = lowered.compile().as_text()
     assert re.search(rf"\[{cfg.num_layers},4,{slots},{cfg.num_kv_heads},{cfg.head_dim}\]", hlo)  # [L,B,S,K,H] on CPU
     assert not re.search(rf"\b{slots},{slots}\b", hlo), "an [S, S] buffer in the decode program"
@@ -152,7 +152,7 @@ def test_one_compile_per_bucket_batch_and_length(qwen3):
     even with other prompts of the same bucket, another rng and other stop ids; a new bucket
     compiles one prefill and one decode."""
     cfg, params = qwen3
-    sizes = lambda: (sampling._prefill._cache_size(), sampling._decode._cache_size())  # noqa: E731
+    sizes = lambda: tuple(sampling.default_programs(cfg, None).compile_counts().values())  # noqa: E731
     before = sizes()
     _generate(cfg, params, max_new_tokens=7, temperature=1.0, rng=1, eos_ids=[3])
     first = sizes()
@@ -211,6 +211,52 @@ def test_sharded_generate_equals_unsharded(qwen3):
         assert got.tokens.shape == ref.tokens.shape == (6, 10)
         np.testing.assert_array_equal(got.tokens, ref.tokens)
         np.testing.assert_allclose(got.logprobs, ref.logprobs, atol=1e-5)
+
+
+def test_set_up_programs_carry_shardings_and_donate_the_decode_state(qwen3):
+    """The programs set-up makes for a mesh and a weight layout (`SamplingPrograms`) compile with the decode
+    state's shardings (`decode_state_shardings`) in and out, donate the state (the prefill's cache is consumed),
+    compile once per bucket, give the same tokens as `generate`'s default programs, and refuse weights
+    placed in another layout than the one they were made for (no silent re-sharding)."""
+    from sdpo_jax.models import param_shardings
+    from sdpo_jax.sharding import make_mesh, shard_params
+
+    cfg, params = qwen3
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    sharded = shard_params(params, param_shardings(cfg, mesh))
+    programs = sampling.SamplingPrograms(cfg, mesh, weights_shardings=sampling.decode_weights_shardings(
+        cfg, mesh, gathered=False))
+    got = _generate(cfg, sharded, prompts=PROMPTS, n=2, temperature=1.0, rng=3, mesh=mesh, programs=programs)
+    ref = _generate(cfg, sharded, prompts=PROMPTS, n=2, temperature=1.0, rng=3, mesh=mesh)
+    np.testing.assert_array_equal(got.tokens, ref.tokens)
+    assert programs.compile_counts() == {"prefill": 1, "decode": 1}
+    _generate(cfg, sharded, prompts=[list(range(3, 15))] * 4, n=2, temperature=1.0, rng=4, mesh=mesh,
+              programs=programs)  # the same bucket, other prompts and key: no compile
+    assert programs.compile_counts() == {"prefill": 1, "decode": 1}
+
+    ids, mask = sampling.pad_to_bucket(PROMPTS, BUCKETS, pad_id=0)
+    rows = sampling._row_sharding(mesh, 2)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    stop_e, pad = jax.device_put(jnp.full((8,), -1, jnp.int32), replicated), jax.device_put(jnp.int32(0), replicated)
+    key = jax.device_put(jax.random.key(0), replicated)
+    spec = sampling.SamplingSpec(1.0, 0, 1.0)
+    with jax.set_mesh(mesh):
+        statics = (spec, 2, 10, jnp.dtype("float32"))
+        state = programs.prefill(*statics, sharded, jax.device_put(ids, rows), jax.device_put(mask, rows), stop_e,
+                                 pad, key)
+        compiled = programs.decode.lower(spec, sharded, state, stop_e, pad, key).compile()
+        expected = sampling.decode_state_shardings(programs.model_cfg, mesh)
+        for name, value in state.items():
+            for leaf in jax.tree.leaves(value):
+                assert leaf.sharding.is_equivalent_to(expected[name], leaf.ndim), name
+        out_state_shardings = compiled.output_shardings[0]
+        assert out_state_shardings["cache"]["k"].is_equivalent_to(expected["cache"], 5)
+        final, _ = programs.decode(spec, sharded, state, stop_e, pad, key)
+        assert state["cache"]["k"].is_deleted() and not final["tokens"].is_deleted()
+        copy = sampling.decode_weights_program(cfg, mesh, gathered=True)(sharded)
+        with pytest.raises(ValueError, match="does not match the sharding"):
+            programs.prefill(*statics, copy, jax.device_put(ids, rows), jax.device_put(mask, rows), stop_e, pad,
+                             key)
 
 
 def test_bad_input_errors(qwen3):

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from tests.subprocess_env import REPO, job_env
 
 
@@ -56,10 +55,12 @@ def _checkpoint_steps(run_dir):
 
 def test_three_steps_write_metrics_checkpoint_and_export(tmp_path):
     """Invariant: 3 RL steps of the demo write 3 metric rows with a finite loss and the official
-    reprompt metrics, a checkpoint at step 3, the plot and a Hugging Face export."""
+    reprompt metrics, a checkpoint at step 3, the plot and a Hugging Face export; the first step compiled
+    each of its programs (prefill, decode, train step) once."""
     run_dir = str(tmp_path / "run")
-    _run(run_dir, "--config.train.steps=3", "--config.logging.plot=True",
-         "--config.checkpoint.export_hf_at_end=True")
+    proc = _run(run_dir, "--config.train.steps=3", "--config.logging.plot=True",
+                "--config.checkpoint.export_hf_at_end=True")
+    assert "compiled programs: {'prefill': 1, 'decode': 1, 'train_step': 1}" in proc.stdout + proc.stderr
     rows = _metrics(run_dir)
     assert sorted(rows) == [1, 2, 3]
     for row in rows.values():
