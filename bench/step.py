@@ -11,7 +11,7 @@ the whole RL step including generation and scoring; this is the update step alon
 
 Part 2 (memory): `memory_analysis()` temp bytes of the whole compiled train step at V = 151936,
 T = `--mem_completion` completion tokens, B = 1, K = 100, for `topk`, `full` and a naive dense step
-(models.forward logits [B, T, V] for student and teacher + `losses.distillation_loss`), a 1-layer
+(models.forward logits [B, T, V] for student and teacher + `divergences.distillation_loss`), a 1-layer
 model with hidden `--mem_hidden` and blockwise attention (so the model's attention does not hide the
 loss). Prints each against one fp32 [T, V] array. Only compiled, never run.
 """
@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from sdpo_jax import batch as batch_lib  # noqa: E402
-from sdpo_jax import losses, models, programs, train_step as ts  # noqa: E402
+from sdpo_jax import divergences, losses, models, programs, train_step as ts  # noqa: E402
 
 SIZES = {
     "tiny": dict(model_type="qwen3", vocab_size=32000, hidden_size=256, intermediate_size=1024, num_layers=4,
@@ -106,8 +106,8 @@ def naive_dense_step(cfg, settings, optimizer):
                             jnp.concatenate([b.teacher_prompt_ids, b.completion_ids], 1),
                             jnp.concatenate([b.teacher_prompt_mask, b.completion_mask], 1))[:, pt - 1:pt - 1 + c]
         mask = b.completion_mask * b.sd_mask[:, None]
-        return losses.distillation_loss(zs, zt, b.completion_ids, mask, mode="topk", topk=settings.topk, alpha=0.5,
-                                        old_logprobs=b.old_logprobs, is_clip=2.0)[0]
+        return divergences.distillation_loss(zs, zt, b.completion_ids, mask, mode="topk", topk=settings.topk,
+                                             alpha=0.5, old_logprobs=b.old_logprobs, is_clip=2.0)[0]
 
     def step(state, b):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, state.teacher_params, b)

@@ -1,4 +1,4 @@
-"""The memory-efficient SDPO loss: from hidden states and the unembedding, in vocabulary chunks.
+"""The vocabulary passes of the memory-efficient SDPO loss: from hidden states and the unembedding, in chunks.
 
 Never materialises `[B, T, V]`: logits exist one `[S, vocab_chunk]` block at a time (S = tokens of a
 sequence block, `seq_chunk`; all B*T tokens by default), and per token only `[N]` running statistics
@@ -18,22 +18,24 @@ The teacher's logits may be a sum of several `h @ w` terms (the trust-region mix
 live model; scale each `h` by its mix weight beforehand).
 
 The last chunk is read at offset V - chunk (so no padded copy of W is made) and its columns already
-seen in the previous chunk are masked out.
+seen in the previous chunk are masked out. The divergence modes' chunked forms read these passes' results
+(`divergences.token_quantities_from_hidden`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 
-from sdpo_jax import defaults, losses
+from sdpo_jax import losses
 
 _NEG_INF = -jnp.inf
 
 
-def _as_tuple(x) -> tuple:
+def as_tuple(x) -> tuple:
+    """x as a tuple of arrays (an array, or a tuple / list of them: the teacher's logits terms)."""
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 
 
@@ -230,8 +232,8 @@ def _teacher_block(h_list, w_list, y_n, idx_nk, vocab_chunk):
 
 def teacher_vocab_pass(h_list, w_list, y_n, idx_nk=None, *, vocab_chunk: int | None, seq_chunk: int | None = None):
     """Teacher statistics, no gradient: dict(lse [N], z_y [N], z_idx [N, K] at the given indices)."""
-    h_list = tuple(jax.lax.stop_gradient(h) for h in _as_tuple(h_list))
-    w_list = tuple(jax.lax.stop_gradient(w) for w in _as_tuple(w_list))
+    h_list = tuple(jax.lax.stop_gradient(h) for h in as_tuple(h_list))
+    w_list = tuple(jax.lax.stop_gradient(w) for w in as_tuple(w_list))
     n = h_list[0].shape[0]
     if idx_nk is None:
         idx_nk = jnp.zeros((n, 0), jnp.int32)
@@ -314,74 +316,11 @@ _full_divergence.defvjp(_full_divergence_fwd, _full_divergence_bwd)
 def full_divergence_pass(h_nd, w_dv, t_h_list, t_w_list, lse_s, lse_t, *, alpha: float, adv_clip: float | None,
                          vocab_chunk: int | None, seq_chunk: int | None = None):
     """sum over the whole vocabulary of D(s || q) per token ([N]); differentiable in h, w and lse_s."""
-    t_h_list = tuple(jax.lax.stop_gradient(h) for h in _as_tuple(t_h_list))
-    t_w_list = tuple(jax.lax.stop_gradient(w) for w in _as_tuple(t_w_list))
+    t_h_list = tuple(jax.lax.stop_gradient(h) for h in as_tuple(t_h_list))
+    t_w_list = tuple(jax.lax.stop_gradient(w) for w in as_tuple(t_w_list))
     n = h_nd.shape[0]
     n_blocks, size = _token_blocking(n, seq_chunk)
     blk = lambda x: _blocks(x, n_blocks, size)  # noqa: E731
     out = _full_divergence(blk(h_nd), w_dv, tuple(blk(h) for h in t_h_list), t_w_list, blk(lse_s),
                            blk(jax.lax.stop_gradient(lse_t)), alpha, adv_clip, vocab_chunk)
     return _unblocks(out, n)
-
-
-# ----------------------------------------------------------------------------- per-token quantities
-
-
-def token_quantities(h_btd, w_dv, teacher_h, teacher_w, completion_ids, *, mode=defaults.LOSS_MODE,
-                     topk=defaults.TOPK, add_tail=defaults.ADD_TAIL, alpha=defaults.ALPHA, temperature=1.0,
-                     adv_clip=None, vocab_chunk=defaults.VOCAB_CHUNK,
-                     seq_chunk=None, need_teacher=True) -> dict[str, jax.Array]:
-    """Per-token quantities `[B, T]` from hidden states at the completion positions.
-
-    `h_btd` are the student's final-normed hidden states (position t predicts `completion_ids[:, t]`),
-    `w_dv` its unembedding; `teacher_h` / `teacher_w` an array or a tuple of arrays whose products are
-    summed into the teacher's logits (no gradient). Returns dict: `d` (the divergence, or the token
-    surrogate; differentiable), `ls_y` (student log-prob of the sampled token, differentiable), `lq_y`
-    (teacher's), `entropy` (student's, no gradient). With `need_teacher=False` only `ls_y` and `entropy`
-    (the GRPO-only step and old log-probs). `seq_chunk` tokens (of the flattened B*T) per block."""
-    b, t, d = h_btd.shape
-    inv_t = 1.0 / temperature
-    h_nd = h_btd.reshape(b * t, d) * jnp.asarray(inv_t, h_btd.dtype)
-    y_n = completion_ids.reshape(b * t).astype(jnp.int32)
-    k = topk if mode == "topk" and need_teacher else 0
-    chunks = dict(vocab_chunk=vocab_chunk, seq_chunk=seq_chunk)
-    st = student_vocab_pass(h_nd, w_dv, y_n, k=k, **chunks)
-    out = {"ls_y": st["z_y"] - st["lse"], "entropy": st["entropy"]}
-    if need_teacher:
-        t_w = _as_tuple(teacher_w)
-        t_h = tuple(x.reshape(b * t, x.shape[-1]) * jnp.asarray(inv_t, x.dtype) for x in _as_tuple(teacher_h))
-        te = teacher_vocab_pass(t_h, t_w, y_n, st["topk_idx"] if k else None, **chunks)
-        out["lq_y"] = te["z_y"] - te["lse"]
-        if mode == "topk":
-            ls_c = losses.category_logprobs_topk(st["topk_z"], st["lse"], add_tail)
-            lq_c = losses.category_logprobs_topk(te["z_idx"], te["lse"], add_tail)
-            out["d"] = losses.divergence(ls_c, lq_c, alpha, adv_clip)
-        elif mode == "full":
-            out["d"] = full_divergence_pass(h_nd, w_dv, t_h, t_w, st["lse"], te["lse"], alpha=alpha,
-                                            adv_clip=adv_clip, **chunks)
-        else:
-            out["d"] = losses.token_surrogate(out["ls_y"], out["lq_y"], adv_clip)
-    return jax.tree.map(lambda x: x.reshape(b, t), out)
-
-
-def distillation_loss_from_hidden(h_btd, w_dv, teacher_h, teacher_w, completion_ids, mask, *,
-                                  mode=defaults.LOSS_MODE, topk=defaults.TOPK, add_tail=defaults.ADD_TAIL,
-                                  alpha=defaults.ALPHA, temperature=1.0, old_logprobs=None, is_clip=None,
-                                  aggregation=defaults.AGGREGATION, sampler_logprobs=None, rollout_is_clip=None,
-                                  adv_clip=None, row_weight=None, entropy_mask=None,
-                                  vocab_chunk=defaults.VOCAB_CHUNK, seq_chunk=None) -> tuple[jax.Array, dict[str, Any]]:
-    """`losses.distillation_loss` computed from hidden states in chunks: same arguments and result,
-    with `[B, T, D]` hidden states and `[D, V]` unembeddings in place of the logits."""
-    losses.check_loss_options(mode=mode, topk=topk, alpha=alpha, temperature=temperature,
-                              aggregation=aggregation, adv_clip=adv_clip)
-    q = token_quantities(h_btd, w_dv, teacher_h, teacher_w, completion_ids, mode=mode, topk=topk,
-                         add_tail=add_tail, alpha=alpha, temperature=temperature, adv_clip=adv_clip,
-                         vocab_chunk=vocab_chunk, seq_chunk=seq_chunk)
-    w_bt, rho_bt = losses.token_weights(q["ls_y"], old_logprobs, sampler_logprobs, is_clip, rollout_is_clip)
-    coef_bt = losses.token_coefficients(mask, row_weight, aggregation)
-    loss = jnp.sum(coef_bt * q["d"] * w_bt * rho_bt)
-    metric_mask = mask if row_weight is None else mask * row_weight[:, None]
-    sums = losses.token_metric_sums(metric_mask, is_weight=w_bt, advantage=q["lq_y"] - q["ls_y"],
-                                    entropy=q["entropy"],
-                                    entropy_mask_bt=entropy_mask if entropy_mask is not None else metric_mask)
-    return loss, {"loss": loss, **losses.finalize_metric_sums(sums)}

@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sdpo_jax import defaults, losses, teacher, train_step
+from sdpo_jax import defaults, divergences, losses, teacher, train_step
 from sdpo_jax.ttt import methods as ttt_methods
 
 ConfigDict = ml_collections.ConfigDict
@@ -132,7 +132,7 @@ def base_config() -> ConfigDict:
     c.loss = ConfigDict()
     c.loss.objective = defaults.OBJECTIVE  # sdpo | grpo | hybrid
     c.loss.hybrid_lambda = defaults.HYBRID_LAMBDA
-    c.loss.mode = defaults.LOSS_MODE  # topk | full | token
+    c.loss.mode = defaults.LOSS_MODE  # topk | full | token (divergences.DIVERGENCES)
     c.loss.topk = defaults.TOPK
     c.loss.add_tail = defaults.ADD_TAIL
     c.loss.alpha = defaults.ALPHA
@@ -223,8 +223,9 @@ def warm_start_steps(cfg: ConfigDict) -> int:
 
 def _choices() -> dict[str, tuple[Any, ...]]:
     """Each choice field's values; the objectives, loss modes, aggregations and teacher kinds come from the
-    registries the code dispatches on (a teacher registered in `teacher.TEACHERS` is a valid teacher.kind)."""
-    return {**_CHOICES, "loss.objective": train_step.OBJECTIVES, "loss.mode": losses.MODES,
+    registries the code dispatches on (a teacher registered in `teacher.TEACHERS` is a valid teacher.kind, a
+    divergence registered in `divergences.DIVERGENCES` a valid loss.mode)."""
+    return {**_CHOICES, "loss.objective": train_step.OBJECTIVES, "loss.mode": tuple(divergences.DIVERGENCES),
             "loss.aggregation": losses.AGGREGATIONS, "teacher.kind": tuple(teacher.TEACHERS)}
 
 

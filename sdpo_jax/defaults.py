@@ -1,6 +1,6 @@
 """The method's defaults, written once: the config schema (`config.base_config`) and the public functions'
-keyword defaults (`StepSettings`, `losses.distillation_loss`, `chunked_losses`, `teacher`, `reprompt`) all
-read these. Values: the paper's and the official code's (docs/ALGORITHM.md §8)."""
+keyword defaults (`StepSettings`, `divergences`, `teacher`, `reprompt`) all read these. Values: the paper's and
+the official code's (docs/ALGORITHM.md §8)."""
 
 OBJECTIVE = "sdpo"
 HYBRID_LAMBDA = 0.9  # A = lambda A_GRPO + (1 - lambda) A_SDPO

@@ -1,12 +1,12 @@
-"""SDPO distillation losses and GRPO on materialised logits (the reference-grade entry points).
+"""The per-token math of the SDPO losses, their one assembly, and GRPO (docs/ALGORITHM.md §2 and §5).
 
 Shapes: `B` rows (sequences), `T` completion positions, `V` vocabulary, `K` top-K categories,
 `C` categories of the divergence (K+1 with the tail bucket, K without, V in `full` mode).
 
-The per-token pieces (`category_logprobs_topk`, `divergence`, `token_weights`,
-`token_coefficients`, `token_metric_sums`) are shared with the memory-efficient path in
-`chunked_losses.py`, which computes the same per-token quantities from hidden states and the
-unembedding, vocabulary chunk by chunk, and must equal `distillation_loss` here.
+The per-token pieces (`category_logprobs_topk`, `divergence`, `token_surrogate`, `token_weights`,
+`token_coefficients`, `token_metric_sums`) serve both forms of each divergence mode in `divergences.py`
+(the reference on materialised logits, and the chunked one from hidden states in `chunked_losses.py`);
+`sdpo_loss_and_sums` assembles the loss from either form's per-token quantities.
 
 Semantics follow docs/ALGORITHM.md §2 and §5:
 - both distributions are softmax(logits / temperature);
@@ -33,40 +33,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sdpo_jax import defaults
-
-MODES = ("topk", "full", "token")
 AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum")
 TAIL_CLAMP = -1e-7  # log(sum of top-K probabilities) is clamped here before log(-expm1(.)).
 LOG_RATIO_CLAMP = 20.0
-
-
-# ----------------------------------------------------------------------------- argument checks
-
-
-def check_loss_options(*, mode: str, topk: int | None, alpha: float, temperature: float,
-                       aggregation: str, adv_clip: float | None) -> None:
-    """Raise ValueError naming the bad option by its config name (loss.*, rollout.temperature) and what would
-    work: the one check of these options, for the config (`config.validate`) and direct callers alike."""
-    if mode not in MODES:
-        raise ValueError(f"loss.mode={mode!r} is not one of {MODES}")
-    if mode == "topk" and (topk is None or topk < 1):
-        raise ValueError(f"loss.mode='topk' needs loss.topk >= 1, got {topk!r} (or use loss.mode='full')")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"loss.alpha={alpha} must be in [0, 1] (0 forward KL, 1 reverse KL, between: JSD)")
-    if mode == "token" and alpha != 1.0:
-        raise ValueError("loss.mode='token' needs loss.alpha=1.0 (the sampled-token surrogate is reverse KL only)")
-    if not temperature > 0:
-        raise ValueError(f"rollout.temperature={temperature} must be > 0 for a distillation loss (the rollout "
-                         "temperature)")
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"loss.aggregation={aggregation!r} is not one of {AGGREGATIONS}")
-    if adv_clip is not None:
-        if alpha != 1.0:
-            raise ValueError(f"loss.adv_clip={adv_clip} is defined for the reverse KL only (loss.alpha=1.0), "
-                             f"got loss.alpha={alpha}")
-        if not adv_clip > 0:
-            raise ValueError(f"loss.adv_clip={adv_clip} must be > 0 (or None for no clipping)")
 
 
 # ----------------------------------------------------------------------------- per-token pieces
@@ -213,72 +182,28 @@ def finalize_metric_sums(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return out
 
 
-def sdpo_token_loss(*, mode: str, alpha: float, adv_clip: float | None, ls_bc=None, lq_bc=None,
-                    full_divergence=None, ls_y=None, lq_y=None) -> jax.Array:
-    """The per-token divergence D[b, t] before weights: from category log-probs (`topk`), from an
-    already summed full-vocabulary divergence (`full`), or the sampled-token surrogate (`token`)."""
-    if mode == "topk":
-        return divergence(ls_bc, lq_bc, alpha, adv_clip)
-    if mode == "full":
-        return full_divergence
-    return token_surrogate(ls_y, lq_y, adv_clip)
+def sdpo_loss_and_sums(quantities: dict[str, jax.Array], mask_bt: jax.Array, *, aggregation: str,
+                       row_weight: jax.Array | None = None, old_logprobs=None, is_clip: float | None = None,
+                       sampler_logprobs=None, rollout_is_clip: float | None = None,
+                       denominators: tuple[jax.Array, jax.Array] | None = None,
+                       entropy_mask_bt: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The SDPO loss sum(c * D * w * rho) and its metric sums (`token_metric_sums`) from per-token quantities.
 
-
-# ----------------------------------------------------------------------------- reference entry point
-
-
-def distillation_loss(student_logits, teacher_logits, completion_ids, mask, *, mode=defaults.LOSS_MODE,
-                      topk=defaults.TOPK, add_tail=defaults.ADD_TAIL, alpha=defaults.ALPHA, temperature=1.0,
-                      old_logprobs=None, is_clip=None, aggregation=defaults.AGGREGATION, sampler_logprobs=None, rollout_is_clip=None,
-                      adv_clip=None, row_weight=None, entropy_mask=None) -> tuple[jax.Array, dict[str, Any]]:
-    """SDPO distillation loss on materialised logits `[B, T, V]` at the completion positions.
-
-    Position t predicts `completion_ids[:, t]`; `mask [B, T]` = completion mask x the per-sequence
-    self-distillation mask. `old_logprobs [B, T]` are the behaviour log-probs at the same temperature
-    (the IS weight is applied when `is_clip` is set); `sampler_logprobs` + `rollout_is_clip` add the
-    rollout TIS weight. `row_weight [B]` (default ones) weights rows, 0 for padding rows.
-    `entropy_mask` (default `mask`) selects the tokens of the entropy metric.
-    Returns (loss, metrics) with metrics: loss, is_weight_mean, advantage_mean / _std / _pos_frac
-    (log q(y) - log s(y) on the sampled token), entropy (of the student at the temperature).
-    """
-    check_loss_options(mode=mode, topk=topk, alpha=alpha, temperature=temperature,
-                       aggregation=aggregation, adv_clip=adv_clip)
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student_logits {student_logits.shape} and teacher_logits {teacher_logits.shape} differ")
-    if student_logits.shape[:2] != completion_ids.shape or mask.shape != completion_ids.shape:
-        raise ValueError(f"logits {student_logits.shape[:2]}, completion_ids {completion_ids.shape} and mask "
-                         f"{mask.shape} must agree on [B, T]")
-    zs_btv = student_logits.astype(jnp.float32) / temperature
-    zt_btv = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32) / temperature)
-    lse_s = jax.nn.logsumexp(zs_btv, axis=-1)
-    lse_t = jax.nn.logsumexp(zt_btv, axis=-1)
-    y = completion_ids[..., None].astype(jnp.int32)
-    ls_y = jnp.take_along_axis(zs_btv, y, axis=-1)[..., 0] - lse_s
-    lq_y = jnp.take_along_axis(zt_btv, y, axis=-1)[..., 0] - lse_t
-
-    if mode == "topk":
-        k = min(topk, zs_btv.shape[-1])
-        _, idx_btk = jax.lax.top_k(jax.lax.stop_gradient(zs_btv), k)
-        ls_bc = category_logprobs_topk(jnp.take_along_axis(zs_btv, idx_btk, -1), lse_s, add_tail)
-        lq_bc = category_logprobs_topk(jnp.take_along_axis(zt_btv, idx_btk, -1), lse_t, add_tail)
-        d_bt = sdpo_token_loss(mode=mode, alpha=alpha, adv_clip=adv_clip, ls_bc=ls_bc, lq_bc=lq_bc)
-    elif mode == "full":
-        d_bt = divergence(zs_btv - lse_s[..., None], zt_btv - lse_t[..., None], alpha, adv_clip)
-    else:
-        d_bt = sdpo_token_loss(mode=mode, alpha=alpha, adv_clip=adv_clip, ls_y=ls_y, lq_y=lq_y)
-
+    `quantities` holds `[B, T]` arrays `d` (the divergence), `ls_y` / `lq_y` (student / teacher log-prob of the
+    sampled token) and `entropy`, as `divergences.token_quantities_from_logits` / `_from_hidden` return them;
+    `mask_bt` is the completion mask x the self-distillation mask. c are `token_coefficients` (with
+    mini-batch-wide `denominators` when given), w and rho the `token_weights`. The metrics count row-weighted
+    `mask_bt` tokens, the entropy those of `entropy_mask_bt` (default: the same). The one assembly of the
+    SDPO loss: the train step's and the reference entry point's (`divergences.distillation_loss`)."""
+    ls_y = quantities["ls_y"]
     w_bt, rho_bt = token_weights(ls_y, old_logprobs, sampler_logprobs, is_clip, rollout_is_clip)
-    coef_bt = token_coefficients(mask, row_weight, aggregation)
-    loss = jnp.sum(coef_bt * d_bt * w_bt * rho_bt)
-
-    ps = jax.nn.softmax(jax.lax.stop_gradient(zs_btv), axis=-1)
-    entropy_bt = lse_s - jnp.sum(ps * jax.lax.stop_gradient(zs_btv), axis=-1)
-    metric_mask = mask if row_weight is None else mask * row_weight[:, None]
-    ent_mask = entropy_mask if entropy_mask is not None else metric_mask
-    sums = token_metric_sums(metric_mask, is_weight=w_bt, advantage=lq_y - ls_y, entropy=entropy_bt,
-                             entropy_mask_bt=ent_mask)
-    metrics = {"loss": loss, **finalize_metric_sums(sums)}
-    return loss, metrics
+    coef_bt = token_coefficients(mask_bt, row_weight, aggregation, denominators)
+    loss = jnp.sum(coef_bt * quantities["d"] * w_bt * rho_bt)
+    metric_mask = mask_bt if row_weight is None else mask_bt * row_weight[:, None]
+    sums = token_metric_sums(metric_mask, is_weight=w_bt, advantage=quantities["lq_y"] - ls_y,
+                             entropy=quantities["entropy"],
+                             entropy_mask_bt=metric_mask if entropy_mask_bt is None else entropy_mask_bt)
+    return loss, sums
 
 
 # ----------------------------------------------------------------------------- GRPO and the hybrid

@@ -9,9 +9,9 @@
 One optimizer step (`make_train_step`): for each micro-batch, the student's hidden states on
 [prompt | completion] (with gradient) and the teacher's on [teacher prompt | completion] (no gradient),
 both sliced to the completion positions (static offsets P - 1 and P_T - 1), go through the chunked
-loss (`chunked_losses`, never [B, T, V]); gradients add up over micro-batches with mini-batch-wide
-denominators (so the split does not change them); AdamW with global-norm clipping; a non-finite
-loss or gradient skips the update (`skipped_nonfinite = 1`).
+loss (`divergences.token_quantities_from_hidden`, never [B, T, V], then `losses.sdpo_loss_and_sums`);
+gradients add up over micro-batches with mini-batch-wide denominators (so the split does not change them);
+AdamW with global-norm clipping; a non-finite loss or gradient skips the update (`skipped_nonfinite = 1`).
 
 One generation batch (`update_on_generation_batch`): old log-probs for all rows with the current
 parameters first, then one optimizer step per mini-batch of whole groups (padded with zero-weight
@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sdpo_jax import chunked_losses, compiled_calls, defaults, losses, models, sharding
+from sdpo_jax import compiled_calls, defaults, divergences, losses, models, sharding
 from sdpo_jax import teacher as teacher_lib
 from sdpo_jax.batch import RolloutBatch, data_parallel_size, shardings as batch_shardings, split_minibatches
 
@@ -52,7 +52,8 @@ class StepSettings:
     """Static settings of the step (hashable; names mirror the config, `loss.*` / `teacher.*` / `optim.*`).
 
     objective: "sdpo" | "grpo" | "hybrid" (A = hybrid_lambda A_GRPO + (1 - hybrid_lambda) A_SDPO).
-    loss_mode: "topk" | "full" | "token"; topk: K; add_tail: the tail bucket (else renormalise in K).
+    loss_mode: a mode of `divergences.DIVERGENCES` (topk | full | token); topk: K; add_tail: the tail bucket
+    (else renormalise in K).
     alpha: 0 forward KL, 1 reverse KL, between the generalized JSD (alpha = the teacher's weight).
     is_clip: distillation IS weight clip (None = no IS weight); rollout_is_clip: rollout TIS clip (None = off).
     aggregation: seq_mean_token_mean | token_mean | seq_mean_token_sum. temperature: the rollout's.
@@ -94,9 +95,9 @@ class StepSettings:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"loss.objective={self.objective!r} is not one of {OBJECTIVES}")
         if self.objective != "grpo":
-            losses.check_loss_options(mode=self.loss_mode, topk=self.topk, alpha=self.alpha,
-                                      temperature=self.temperature, aggregation=self.aggregation,
-                                      adv_clip=self.adv_clip)
+            divergences.check_loss_options(mode=self.loss_mode, topk=self.topk, alpha=self.alpha,
+                                           temperature=self.temperature, aggregation=self.aggregation,
+                                           adv_clip=self.adv_clip)
         elif self.aggregation not in losses.AGGREGATIONS:
             raise ValueError(f"loss.aggregation={self.aggregation!r} is not one of {losses.AGGREGATIONS}")
         teacher_lib.make(self.teacher_kind)  # ValueError naming teacher.kind and the registered kinds
@@ -112,6 +113,12 @@ class StepSettings:
     @property
     def teacher(self) -> teacher_lib.Teacher:
         return teacher_lib.make(self.teacher_kind, rate=self.ema_rate, mix=self.trust_region_mix)
+
+    @property
+    def divergence(self) -> divergences.Divergence:
+        """The divergence mode `loss_mode` with its options (`divergences.make`)."""
+        return divergences.make(self.loss_mode, topk=self.topk, add_tail=self.add_tail, alpha=self.alpha,
+                                adv_clip=self.adv_clip)
 
     @property
     def uses_sdpo(self) -> bool:
@@ -202,11 +209,9 @@ def token_quantities_for_batch(model_cfg, settings: StepSettings, params, teache
         t_ids, t_mask, t_cols = _rows_and_columns(mb.teacher_prompt_ids, mb.teacher_prompt_mask, mb.completion_ids,
                                                   mb.completion_mask)
         t_h, t_w = settings.teacher.hidden_terms(model_cfg, params, teacher_params, t_ids, t_mask, positions=t_cols)
-    return chunked_losses.token_quantities(
-        h_s, w_s, t_h, t_w, mb.completion_ids, mode=settings.loss_mode, topk=settings.topk or 0,
-        add_tail=settings.add_tail, alpha=settings.alpha, temperature=settings.temperature,
-        adv_clip=settings.adv_clip, vocab_chunk=settings.vocab_chunk, seq_chunk=settings.seq_chunk,
-        need_teacher=need_teacher)
+    return divergences.token_quantities_from_hidden(
+        h_s, w_s, t_h, t_w, mb.completion_ids, divergence=settings.divergence if need_teacher else None,
+        temperature=settings.temperature, vocab_chunk=settings.vocab_chunk, seq_chunk=settings.seq_chunk)
 
 
 def _micro_loss(model_cfg, settings: StepSettings, params, teacher_params, mb: RolloutBatch, dens):
@@ -221,12 +226,11 @@ def _micro_loss(model_cfg, settings: StepSettings, params, teacher_params, mb: R
     sums = {"sd_rows": jnp.sum(rw * mb.sd_mask), "rows": jnp.sum(rw)}
     loss_sd = loss_pg = jnp.float32(0.0)
     if settings.uses_sdpo:
-        w_is, rho = losses.token_weights(ls_y, mb.old_logprobs, mb.sampler_logprobs, settings.is_clip,
-                                         settings.rollout_is_clip)
-        coef = losses.token_coefficients(sd_m, rw, settings.aggregation, dens["sd"])
-        loss_sd = jnp.sum(coef * q["d"] * w_is * rho)
-        sums.update(losses.token_metric_sums(sd_m * rw[:, None], is_weight=w_is, advantage=q["lq_y"] - ls_y,
-                                             entropy=q["entropy"], entropy_mask_bt=cm * rw[:, None]))
+        loss_sd, sd_sums = losses.sdpo_loss_and_sums(
+            q, sd_m, aggregation=settings.aggregation, row_weight=rw, old_logprobs=mb.old_logprobs,
+            is_clip=settings.is_clip, sampler_logprobs=mb.sampler_logprobs, rollout_is_clip=settings.rollout_is_clip,
+            denominators=dens["sd"], entropy_mask_bt=cm * rw[:, None])
+        sums.update(sd_sums)
     else:
         sums.update(losses.token_metric_sums(cm * rw[:, None], entropy=q["entropy"]))
     if settings.uses_grpo:

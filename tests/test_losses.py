@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sdpo_jax import losses
+from sdpo_jax import divergences, losses
 from tests import test_losses_reference as ref
 
 B, T, V = 3, 4, 13
@@ -27,9 +27,9 @@ def _inputs(seed=0, scale=2.0):
 
 
 def _jax_loss(zs, zt, ids, mask, old, sampler, **kw):
-    f = lambda z: losses.distillation_loss(z, jnp.asarray(zt, jnp.float32), jnp.asarray(ids), jnp.asarray(mask, jnp.float32),
-                                           old_logprobs=jnp.asarray(old, jnp.float32),
-                                           sampler_logprobs=jnp.asarray(sampler, jnp.float32), **kw)
+    f = lambda z: divergences.distillation_loss(z, jnp.asarray(zt, jnp.float32), jnp.asarray(ids),
+                                                jnp.asarray(mask, jnp.float32), old_logprobs=jnp.asarray(old, jnp.float32),
+                                                sampler_logprobs=jnp.asarray(sampler, jnp.float32), **kw)
     (value, metrics), grad = jax.value_and_grad(f, has_aux=True)(jnp.asarray(zs, jnp.float32))
     return float(value), metrics, np.asarray(grad, np.float64)
 
@@ -64,9 +64,9 @@ def test_other_aggregations_match_reference(aggregation):
     """token_mean and seq_mean_token_sum equal the reference's reductions (with a zero-weight row)."""
     zs, zt, ids, mask, old, sampler = _inputs(3)
     rw = np.array([1.0, 0.0, 1.0])
-    value, _ = losses.distillation_loss(jnp.asarray(zs, jnp.float32), jnp.asarray(zt, jnp.float32), jnp.asarray(ids),
-                                        jnp.asarray(mask, jnp.float32), mode="topk", topk=5, alpha=0.5,
-                                        aggregation=aggregation, row_weight=jnp.asarray(rw, jnp.float32))
+    value, _ = divergences.distillation_loss(jnp.asarray(zs, jnp.float32), jnp.asarray(zt, jnp.float32),
+                                             jnp.asarray(ids), jnp.asarray(mask, jnp.float32), mode="topk", topk=5,
+                                             alpha=0.5, aggregation=aggregation, row_weight=jnp.asarray(rw, jnp.float32))
     expected = ref.distill_ref(zs, zt, ids, mask, mode="topk", topk=5, alpha=0.5, aggregation=aggregation, row_weight=rw)
     np.testing.assert_allclose(float(value), expected, rtol=2e-5)
 
@@ -89,8 +89,8 @@ def test_reverse_kl_gradient_is_the_logit_level_policy_gradient():
     """grad of KL(s||q) over all logits equals -sum_i s(i) sg(log q(i) - log s(i)) grad log s(i), i.e. in logit
     space -s*A + s*sum(s*A) per position, scaled by the aggregation weights."""
     zs, zt, ids, mask, _, _ = _inputs(5)
-    _, grad = jax.value_and_grad(lambda z: losses.distillation_loss(z, jnp.asarray(zt, jnp.float32), jnp.asarray(ids),
-                                                                   jnp.asarray(mask, jnp.float32), mode="full", alpha=1.0)[0])(
+    _, grad = jax.value_and_grad(lambda z: divergences.distillation_loss(
+        z, jnp.asarray(zt, jnp.float32), jnp.asarray(ids), jnp.asarray(mask, jnp.float32), mode="full", alpha=1.0)[0])(
         jnp.asarray(zs, jnp.float32))
     ls, lq = ref.log_softmax(zs), ref.log_softmax(zt)
     s, adv = np.exp(ls), lq - ls
@@ -106,7 +106,7 @@ def test_advantage_clipping_clips_the_per_logit_advantage():
     args = (jnp.asarray(zt, jnp.float32), jnp.asarray(ids), jnp.asarray(mask, jnp.float32))
 
     def run(**kw):
-        (v, _), g = jax.value_and_grad(lambda z: losses.distillation_loss(z, *args, **kw), has_aux=True)(
+        (v, _), g = jax.value_and_grad(lambda z: divergences.distillation_loss(z, *args, **kw), has_aux=True)(
             jnp.asarray(zs, jnp.float32))
         return float(v), np.asarray(g)
 
@@ -125,7 +125,7 @@ def test_advantage_clipping_clips_the_per_logit_advantage():
     assert abs(v_big - v_tk) < 1e-6
     np.testing.assert_allclose(g_big, g_tk, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="alpha=1.0"):
-        losses.distillation_loss(jnp.asarray(zs), *args, mode="full", alpha=0.5, adv_clip=c)
+        divergences.distillation_loss(jnp.asarray(zs), *args, mode="full", alpha=0.5, adv_clip=c)
 
 
 @pytest.mark.parametrize("mode,alpha", [("topk", 0.0), ("topk", 0.5), ("topk", 1.0), ("full", 0.5), ("token", 1.0)])
@@ -134,8 +134,8 @@ def test_identical_contexts_give_zero_loss_and_zero_gradient(mode, alpha):
     zs, _, ids, mask, _, _ = _inputs(7)
     z = jnp.asarray(zs, jnp.float32)
     (value, _), grad = jax.value_and_grad(
-        lambda x: losses.distillation_loss(x, z, jnp.asarray(ids), jnp.asarray(mask, jnp.float32), mode=mode, topk=5,
-                                           alpha=alpha), has_aux=True)(z)
+        lambda x: divergences.distillation_loss(x, z, jnp.asarray(ids), jnp.asarray(mask, jnp.float32), mode=mode,
+                                                topk=5, alpha=alpha), has_aux=True)(z)
     assert abs(float(value)) < 1e-6
     assert np.abs(np.asarray(grad)).max() < 1e-6
 
@@ -144,7 +144,7 @@ def test_masked_sequence_contributes_nothing_but_counts_in_the_denominator():
     """seq_mean_token_mean: a fully masked row (sd_mask = 0) adds zero loss and zero gradient but counts in N."""
     zs, zt, ids, mask, _, _ = _inputs(8)
     mask[1] = 0.0
-    f = lambda z, m, zt_, ids_: losses.distillation_loss(z, zt_, ids_, m, mode="topk", topk=5, alpha=0.5)[0]
+    f = lambda z, m, zt_, ids_: divergences.distillation_loss(z, zt_, ids_, m, mode="topk", topk=5, alpha=0.5)[0]
     value, grad = jax.value_and_grad(f)(jnp.asarray(zs, jnp.float32), jnp.asarray(mask, jnp.float32),
                                         jnp.asarray(zt, jnp.float32), jnp.asarray(ids))
     keep = np.array([0, 2])
@@ -225,10 +225,10 @@ def test_bad_options_raise_clear_errors():
     z = jnp.zeros((1, 2, 5))
     ids, m = jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2))
     with pytest.raises(ValueError, match="mode"):
-        losses.distillation_loss(z, z, ids, m, mode="sequence")
+        divergences.distillation_loss(z, z, ids, m, mode="sequence")
     with pytest.raises(ValueError, match="alpha=1.0"):
-        losses.distillation_loss(z, z, ids, m, mode="token", alpha=0.5)
+        divergences.distillation_loss(z, z, ids, m, mode="token", alpha=0.5)
     with pytest.raises(ValueError, match="aggregation"):
-        losses.distillation_loss(z, z, ids, m, aggregation="mean")
+        divergences.distillation_loss(z, z, ids, m, aggregation="mean")
     with pytest.raises(ValueError, match="old_logprobs"):
-        losses.distillation_loss(z, z, ids, m, is_clip=2.0)
+        divergences.distillation_loss(z, z, ids, m, is_clip=2.0)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sdpo_jax import batch as batch_lib
-from sdpo_jax import losses, models, teacher, train_step as ts
+from sdpo_jax import divergences, losses, models, teacher, train_step as ts
 
 MODEL = models.ModelConfig(model_type="qwen3", vocab_size=96, hidden_size=32, num_layers=1, num_heads=2,
                            num_kv_heads=1, head_dim=16, intermediate_size=64, qk_norm="per_head")
@@ -68,7 +68,7 @@ def _reference_loss(params, teacher_params, b, settings):
     zs, zt = reference_logits(params, teacher_params, b, settings)
     cm = b.completion_mask.astype(jnp.float32)
     ls_y = jnp.take_along_axis(jax.nn.log_softmax(zs / settings.temperature), b.completion_ids[..., None], -1)[..., 0]
-    sd_loss, _ = losses.distillation_loss(
+    sd_loss, _ = divergences.distillation_loss(
         zs, zt, b.completion_ids, cm * b.sd_mask[:, None], mode=settings.loss_mode, topk=settings.topk,
         add_tail=settings.add_tail, alpha=settings.alpha, temperature=settings.temperature,
         old_logprobs=b.old_logprobs, is_clip=settings.is_clip, sampler_logprobs=b.sampler_logprobs,
@@ -82,7 +82,7 @@ def _reference_loss(params, teacher_params, b, settings):
 
 
 def reference_loss(params, teacher_params, batch, settings):
-    """The step's loss recomputed on materialised logits with losses.distillation_loss / grpo_loss."""
+    """The step's loss recomputed on materialised logits with divergences.distillation_loss / grpo_loss."""
     return _reference_loss(params, teacher_params, batch_lib.check(batch), settings)
 
 
@@ -122,9 +122,9 @@ def old_logprobs(settings, params, batch):
 
 @pytest.mark.parametrize("kind", ["live", "ema", "frozen", "trust_region"])
 def test_step_loss_equals_reference_on_logits_for_every_teacher(kind):
-    """The step's chunked loss (hidden states, vocab chunks) equals losses.distillation_loss on models.forward
-    logits to 1e-5, for each teacher kind (teacher parameters differing from the student's), with IS weights
-    and rollout TIS active; the gradient is finite and non-zero; sd_mask_fraction is reported."""
+    """The step's chunked loss (hidden states, vocab chunks) equals divergences.distillation_loss on
+    models.forward logits to 1e-5, for each teacher kind (teacher parameters differing from the student's), with
+    IS weights and rollout TIS active; the gradient is finite and non-zero; sd_mask_fraction is reported."""
     params = make_params(0)
     settings = dataclasses.replace(BASE, teacher_kind=kind)
     batch = with_old_logprobs(make_batch(0), params, shift_seed=1)
