@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sdpo_jax import defaults, divergences, losses, teacher, train_step
+from sdpo_jax import defaults, divergences, losses, models, teacher, train_step
 from sdpo_jax.ttt import methods as ttt_methods
 
 ConfigDict = ml_collections.ConfigDict
@@ -222,11 +222,13 @@ def warm_start_steps(cfg: ConfigDict) -> int:
 
 
 def _choices() -> dict[str, tuple[Any, ...]]:
-    """Each choice field's values; the objectives, loss modes, aggregations and teacher kinds come from the
-    registries the code dispatches on (a teacher registered in `teacher.TEACHERS` is a valid teacher.kind, a
-    divergence registered in `divergences.DIVERGENCES` a valid loss.mode)."""
+    """Each choice field's values; the objectives, loss modes, aggregations, teacher kinds and model families
+    come from the registries the code dispatches on (a teacher registered in `teacher.TEACHERS` is a valid
+    teacher.kind, a divergence in `divergences.DIVERGENCES` a valid loss.mode, a family in `models.FAMILIES` a
+    valid model.init.model_type)."""
     return {**_CHOICES, "loss.objective": train_step.OBJECTIVES, "loss.mode": tuple(divergences.DIVERGENCES),
-            "loss.aggregation": losses.AGGREGATIONS, "teacher.kind": tuple(teacher.TEACHERS)}
+            "loss.aggregation": losses.AGGREGATIONS, "teacher.kind": tuple(teacher.TEACHERS),
+            "model.init.model_type": tuple(models.FAMILIES)}
 
 
 _CHOICES: dict[str, tuple[Any, ...]] = {

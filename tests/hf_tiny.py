@@ -5,6 +5,8 @@
 
 Every weight (norms and biases included) is random, so every code path shows up in the logits.
 `llama3` is a Llama config with `rope_type="llama3"` scaling; `olmo3` mixes sliding and full layers.
+`mistral` (every layer sliding) is no supported family: tests/test_model_parity.py registers it for
+one test, to show that a family is one `models.FAMILIES` entry.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ def tiny_hf_config(family: str, *, tied: bool = False, **overrides):
         kw.update(sliding_window=8, rope_theta=500000.0,
                   layer_types=["full_attention" if i % 2 else "sliding_attention"
                                for i in range(layers)])
+    elif family == "mistral":
+        cls = tf.MistralConfig
+        kw.update(head_dim=8, sliding_window=6, rope_theta=10000.0)
     else:
-        raise ValueError(f"unknown family {family!r}; use one of {FAMILIES}")
+        raise ValueError(f"unknown family {family!r}; use one of {FAMILIES} or 'mistral'")
     kw.update(overrides)
     return cls(**kw)
 

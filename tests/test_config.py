@@ -1,4 +1,5 @@
 """Config schema and validate(): every mistake is named before anything heavy starts."""
+import functools
 import os
 import subprocess
 import sys
@@ -51,12 +52,13 @@ def test_wrong_type_is_named():
     ("loss.alpha", 1.5, r"loss.alpha=1.5 must be in \[0, 1\]"),
     ("rollout.top_p", 0.0, r"rollout.top_p=0.0 must be in"),
     ("teacher.kind", "student", r"teacher.kind='student' is not one of"),
+    ("model.init.model_type", "gemma2", r"model.init.model_type='gemma2' is not one of \[.*'olmo3'"),
 ])
 def test_bad_values_are_named(field, value, message):
     """Invariant: out-of-range and unknown-choice values are rejected naming the field."""
     cfg = _demo()
-    group, name = field.split(".")
-    cfg[group][name] = value
+    *groups, name = field.split(".")
+    functools.reduce(lambda node, group: node[group], groups, cfg)[name] = value
     with pytest.raises(config_lib.ConfigError, match=message):
         config_lib.validate(cfg)
 

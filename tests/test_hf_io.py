@@ -40,6 +40,19 @@ def test_config_translation_round_trips(family):
         assert cfg.sliding_window == 8
 
 
+@pytest.mark.parametrize("model_type,field,value", [
+    ("qwen2", "qkv_bias", False), ("qwen3", "qk_norm", "none"), ("olmo2", "qk_norm", "per_head"),
+    ("llama", "norm_placement", "post"),
+    ("llama", "layer_types", ("full_attention", "sliding_attention"))])
+def test_export_refuses_a_block_its_family_cannot_say(model_type, field, value):
+    """config_to_hf refuses a config whose family's config.json would read back another block
+    (q/k/v bias, q/k norm, norm placement, layer types), naming the field and what it reads."""
+    cfg = ModelConfig(model_type=model_type, sliding_window=4, **{field: value})
+    with pytest.raises(ModelConfigError, match=rf"model_type='{model_type}' cannot export {field}=.*"
+                                               r"its config.json gives"):
+        config_to_hf(cfg)
+
+
 def test_v4_style_config_json_is_read():
     """A transformers-v4 config.json (rope_theta + rope_scaling at top level, as real Llama 3.1 /
     OLMo 3 checkpoints ship) maps to the same rope settings; OLMo 3 scales only full layers."""

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from tests.hf_tiny import FAMILIES, tiny_hf_model, tiny_model_dir
-from sdpo_jax.models import forward, load_pretrained, rope_inv_freq
+from sdpo_jax import models
+from sdpo_jax.models import (config_from_hf, config_to_hf, forward, load_pretrained, rope_inv_freq,
+                             save_pretrained)
 
 _fwd = jax.jit(forward, static_argnums=0)
 
@@ -75,6 +77,46 @@ def test_logits_match_beyond_position_2000(tmp_path, family):
         assert "sliding_attention" in cfg.layer_types and cfg.sliding_window < 20
     ours = _fwd(cfg, params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(positions))
     assert _max_diff(ours, ref, mask) <= 1e-4
+
+
+def _mistral_layer_types(hf: dict, num_layers: int) -> tuple[str, ...]:
+    """Mistral slides every layer when config.json sets `sliding_window`, and none otherwise."""
+    return (("sliding_attention" if hf.get("sliding_window") else "full_attention"),) * num_layers
+
+
+def _mistral_sliding_keys(layer_types: tuple[str, ...], sliding_window: int | None) -> dict:
+    """`sliding_window`, Mistral config.json's only sliding-window field (None: no sliding)."""
+    return {"sliding_window": sliding_window if "sliding_attention" in layer_types else None}
+
+
+MISTRAL = models.Family("MistralForCausalLM", layer_types=_mistral_layer_types,
+                        sliding_keys=_mistral_sliding_keys)
+
+
+def test_a_new_family_is_one_registry_entry(tmp_path, monkeypatch):
+    """A family whose block the switches express (Mistral: Llama's block, every layer sliding)
+    works from one `models.FAMILIES` entry: its checkpoint loads, our fp32 logits equal
+    transformers' on a left-padded batch longer than the window (max |diff| <= 1e-4),
+    config_to_hf -> config_from_hf gives the config back, and transformers reads our export as a
+    Mistral model with the same logits (1e-5)."""
+    import transformers
+
+    monkeypatch.setitem(models.FAMILIES, "mistral", MISTRAL)
+    model = tiny_hf_model("mistral")
+    ids, mask = _batch(model.config.vocab_size)
+    positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+    ref = _hf_logits(model, ids, mask, positions)
+    cfg, params = load_pretrained(tiny_model_dir(tmp_path, "mistral"))
+    assert cfg.layer_types == ("sliding_attention",) * cfg.num_layers and cfg.sliding_window == 6
+    assert (cfg.qkv_bias, cfg.qk_norm, cfg.norm_placement) == (False, "none", "pre")
+    ours = _fwd(cfg, params, jnp.asarray(ids), jnp.asarray(mask))
+    assert _max_diff(ours, ref, mask) <= 1e-4
+    assert config_from_hf(config_to_hf(cfg)) == cfg
+    out = save_pretrained(cfg, params, str(tmp_path / "export"))
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(
+        out, attn_implementation="eager").float().eval()
+    assert isinstance(reloaded, transformers.MistralForCausalLM)
+    np.testing.assert_allclose(_hf_logits(reloaded, ids, mask, positions), ref, atol=1e-5, rtol=0)
 
 
 ROPE_CASES = {

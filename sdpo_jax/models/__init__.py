@@ -10,8 +10,8 @@
     save_pretrained(cfg, params, out_dir)                             # transformers can load it
 """
 
-from sdpo_jax.models.config import (ModelConfig, ModelConfigError, config_from_hf, config_to_hf,
-                                    SUPPORTED_MODEL_TYPES)
+from sdpo_jax.models.config import ModelConfig, ModelConfigError, config_from_hf, config_to_hf
+from sdpo_jax.models.families import FAMILIES, Family
 from sdpo_jax.models.transformer import (default_positions, forward, forward_cached,
                                          hidden_states, init_kv_cache, init_params,
                                          logits_from_hidden,
@@ -20,7 +20,7 @@ from sdpo_jax.models.transformer import (default_positions, forward, forward_cac
 from sdpo_jax.models.hf import CheckpointError, load_pretrained, save_pretrained
 
 __all__ = [
-    "ModelConfig", "ModelConfigError", "CheckpointError", "SUPPORTED_MODEL_TYPES",
+    "ModelConfig", "ModelConfigError", "CheckpointError", "FAMILIES", "Family",
     "config_from_hf", "config_to_hf", "default_positions", "forward", "forward_cached",
     "hidden_states", "init_kv_cache", "init_params",
     "logits_from_hidden", "param_logical_axes", "param_shapes", "param_shardings", "param_specs", "rope_inv_freq", "unembedding",

@@ -1,15 +1,8 @@
 """`ModelConfig`: the static description of one decoder, and its translation from/to HF
 `config.json`.
 
-One config covers the supported families; the family only decides defaults in `config_from_hf`:
-
-| family      | qkv bias | q/k norm               | norms        | sliding layers        |
-|-------------|----------|------------------------|--------------|-----------------------|
-| qwen2       | yes      | none                   | pre          | optional (layer_types)|
-| qwen3       | optional | per_head ([H] weight)  | pre          | optional              |
-| llama       | optional | none                   | pre          | no                    |
-| olmo2       | optional | full ([N*H] weight)    | post         | no                    |
-| olmo3       | optional | full                   | post         | 3 of 4 (layer_types)  |
+One config covers the supported families; each family's defaults and config.json rules are its
+entry in `models/families.py:FAMILIES`.
 
 RoPE: `rope_theta` + `rope_scaling` apply to full-attention layers; sliding layers use
 `sliding_rope_theta` / `sliding_rope_scaling` (OLMo 3 scales only its full layers; for the other
@@ -22,21 +15,19 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama", "olmo2", "olmo3")
+from sdpo_jax.models.families import FAMILIES, Family
+
 ATTENTION_IMPLS = ("plain", "blockwise", "cudnn", "splash")
 DTYPES = ("float32", "bfloat16", "float16")
 ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-_ARCHITECTURES = {
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-    "llama": "LlamaForCausalLM",
-    "olmo2": "Olmo2ForCausalLM",
-    "olmo3": "Olmo3ForCausalLM",
-}
 
 
 class ModelConfigError(ValueError):
     """A model config field is unsupported or inconsistent; the message names it and what works."""
+
+
+def _unsupported(field: str, got: Any, want: str):
+    raise ModelConfigError(f"ModelConfig.{field}={got!r} is not supported; use {want}.")
 
 
 def _freeze(value: Any) -> Any:
@@ -71,7 +62,7 @@ class ModelConfig:
     sliding_rope_theta: float | None = None  # None: same as rope_theta
     sliding_rope_scaling: tuple | None = None  # None: plain (unscaled) RoPE on sliding layers
     max_position_embeddings: int = 32768
-    # None = the family's value (qwen2: bias; qwen3: per_head; olmo2/3: full + post)
+    # None = the family's value (models/families.py)
     qkv_bias: bool | None = None
     qk_norm: str | None = None  # none | per_head (Qwen3) | full (OLMo 2/3)
     norm_placement: str | None = None  # pre | post (OLMo 2/3: norm after attention / MLP output)
@@ -93,14 +84,15 @@ class ModelConfig:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
-        olmo = self.model_type in ("olmo2", "olmo3")
+        if self.model_type not in FAMILIES:
+            _unsupported("model_type", self.model_type, f"one of {tuple(FAMILIES)}")
+        family = FAMILIES[self.model_type]
         if self.qkv_bias is None:
-            set_("qkv_bias", self.model_type == "qwen2")
+            set_("qkv_bias", family.always_qkv_bias)
         if self.qk_norm is None:
-            qk_norm = "per_head" if self.model_type == "qwen3" else "full" if olmo else "none"
-            set_("qk_norm", qk_norm)
+            set_("qk_norm", family.qk_norm)
         if self.norm_placement is None:
-            set_("norm_placement", "post" if olmo else "pre")
+            set_("norm_placement", family.norm_placement)
         set_("rope_scaling", _freeze(self.rope_scaling) if self.rope_scaling else None)
         set_("sliding_rope_scaling",
              _freeze(self.sliding_rope_scaling) if self.sliding_rope_scaling else None)
@@ -110,43 +102,39 @@ class ModelConfig:
         self._validate()
 
     def _validate(self):
-        def bad(field, got, want):
-            raise ModelConfigError(f"ModelConfig.{field}={got!r} is not supported; use {want}.")
-
-        if self.model_type not in SUPPORTED_MODEL_TYPES:
-            bad("model_type", self.model_type, f"one of {SUPPORTED_MODEL_TYPES}")
         if self.qk_norm not in ("none", "per_head", "full"):
-            bad("qk_norm", self.qk_norm, "'none', 'per_head' or 'full'")
+            _unsupported("qk_norm", self.qk_norm, "'none', 'per_head' or 'full'")
         if self.norm_placement not in ("pre", "post"):
-            bad("norm_placement", self.norm_placement, "'pre' or 'post'")
+            _unsupported("norm_placement", self.norm_placement, "'pre' or 'post'")
         if self.attention_impl not in ATTENTION_IMPLS:
-            bad("attention_impl", self.attention_impl, f"one of {ATTENTION_IMPLS}")
+            _unsupported("attention_impl", self.attention_impl, f"one of {ATTENTION_IMPLS}")
         if self.kv_cache_layout not in ("rows_major", "slots_major"):
-            bad("kv_cache_layout", self.kv_cache_layout, "'rows_major' or 'slots_major'")
+            _unsupported("kv_cache_layout", self.kv_cache_layout, "'rows_major' or 'slots_major'")
         for field in ("param_dtype", "compute_dtype"):
             if getattr(self, field) not in DTYPES:
-                bad(field, getattr(self, field), f"one of {DTYPES}")
+                _unsupported(field, getattr(self, field), f"one of {DTYPES}")
         for field in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads",
                       "head_dim", "intermediate_size", "attention_block_size"):
             if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
-                bad(field, getattr(self, field), "a positive integer")
+                _unsupported(field, getattr(self, field), "a positive integer")
         if self.num_heads % self.num_kv_heads:
-            bad("num_kv_heads", self.num_kv_heads,
-                f"a divisor of num_heads={self.num_heads} (grouped-query attention)")
+            _unsupported("num_kv_heads", self.num_kv_heads,
+                         f"a divisor of num_heads={self.num_heads} (grouped-query attention)")
         if self.head_dim % 2:
-            bad("head_dim", self.head_dim, "an even number (RoPE rotates pairs)")
+            _unsupported("head_dim", self.head_dim, "an even number (RoPE rotates pairs)")
         if len(self.layer_types) != self.num_layers:
-            bad("layer_types", self.layer_types, f"a tuple of num_layers={self.num_layers} entries")
+            _unsupported("layer_types", self.layer_types,
+                         f"a tuple of num_layers={self.num_layers} entries")
         for t in self.layer_types:
             if t not in ("full_attention", "sliding_attention"):
-                bad("layer_types", t, "'full_attention' or 'sliding_attention' per layer")
+                _unsupported("layer_types", t, "'full_attention' or 'sliding_attention' per layer")
         if "sliding_attention" in self.layer_types and not self.sliding_window:
-            bad("sliding_window", self.sliding_window,
-                "a positive int when layer_types has 'sliding_attention'")
+            _unsupported("sliding_window", self.sliding_window,
+                         "a positive int when layer_types has 'sliding_attention'")
         for field in ("rope_scaling", "sliding_rope_scaling"):
             rope_type = rope_dict(getattr(self, field)).get("rope_type", "default")
             if rope_type not in ROPE_TYPES:
-                bad(f"{field}['rope_type']", rope_type, f"one of {ROPE_TYPES}")
+                _unsupported(f"{field}['rope_type']", rope_type, f"one of {ROPE_TYPES}")
 
     def replace(self, **changes) -> "ModelConfig":
         """A copy with `changes` applied (and validated). Changing `num_layers` alone keeps a
@@ -173,7 +161,7 @@ class ModelConfig:
 # Hugging Face config.json <-> ModelConfig
 
 
-def _rope_from_hf(hf: dict, layer_type: str) -> tuple[float, dict | None]:
+def _rope_from_hf(hf: dict, family: Family, layer_type: str) -> tuple[float, dict | None]:
     """(theta, scaling dict or None) for one layer type, from v4 (`rope_theta`/`rope_scaling`)
     or v5 (`rope_parameters`, possibly nested per layer type) config dicts."""
     params = hf.get("rope_parameters")
@@ -188,10 +176,10 @@ def _rope_from_hf(hf: dict, layer_type: str) -> tuple[float, dict | None]:
     else:
         theta = hf.get("rope_theta")
         scaling = dict(hf["rope_scaling"]) if hf.get("rope_scaling") else None
-        if hf.get("model_type") == "olmo3" and layer_type == "sliding_attention":
-            scaling = None  # OLMo 3 applies rope_scaling to full-attention layers only
+        if family.rope_per_layer_type and layer_type == "sliding_attention":
+            scaling = None  # the family applies rope_scaling to full-attention layers only
     if theta is None:
-        theta = 500000.0 if hf.get("model_type") == "olmo3" else 10000.0
+        theta = family.rope_theta
     if scaling is not None:
         if "type" in scaling and "rope_type" not in scaling:
             scaling["rope_type"] = scaling.pop("type")
@@ -217,17 +205,18 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
     `overrides` set runtime fields (param_dtype, compute_dtype, attention_impl, scan_layers, ...).
     """
     model_type = hf.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_type not in FAMILIES:
         archs = hf.get("architectures")
         raise ModelConfigError(
             f"config.json model_type={model_type!r} (architectures={archs}) is not supported; "
-            f"supported model_type values: {SUPPORTED_MODEL_TYPES} "
-            f"(architectures {sorted(_ARCHITECTURES.values())}).")
-    archs = hf.get("architectures") or [_ARCHITECTURES[model_type]]
-    if archs[0] != _ARCHITECTURES[model_type]:
+            f"supported model_type values: {tuple(FAMILIES)} "
+            f"(architectures {sorted(f.architecture for f in FAMILIES.values())}).")
+    family = FAMILIES[model_type]
+    archs = hf.get("architectures") or [family.architecture]
+    if archs[0] != family.architecture:
         raise ModelConfigError(
             f"config.json architectures={archs} is not supported for model_type={model_type!r}; "
-            f"expected [{_ARCHITECTURES[model_type]!r}] (a causal LM head).")
+            f"expected [{family.architecture!r}] (a causal LM head).")
     act = hf.get("hidden_act", "silu")
     if act != "silu":
         raise ModelConfigError(f"config.json hidden_act={act!r} is not supported; use 'silu'.")
@@ -245,24 +234,11 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
     head_dim = hf.get("head_dim") or hidden // num_heads
     num_kv = hf.get("num_key_value_heads") or num_heads
 
-    layer_types = hf.get("layer_types")
-    sliding_window = hf.get("sliding_window")
-    if model_type in ("qwen2", "qwen3") and not layer_types:
-        use_sw = hf.get("use_sliding_window", False) and sliding_window
-        mwl = hf.get("max_window_layers", num_layers)
-        layer_types = ["sliding_attention" if use_sw and i >= mwl else "full_attention"
-                       for i in range(num_layers)]
-    if model_type == "olmo3" and not layer_types:
-        layer_types = ["sliding_attention" if (i + 1) % 4 else "full_attention"
-                       for i in range(num_layers)]
-    if model_type in ("llama", "olmo2"):
-        layer_types, sliding_window = None, None
-    layer_types = tuple(layer_types or ("full_attention",) * num_layers)
-    if "sliding_attention" not in layer_types:
-        sliding_window = None
+    layer_types = family.layer_types(hf, num_layers)
+    sliding_window = hf.get("sliding_window") if "sliding_attention" in layer_types else None
 
-    theta, scaling = _rope_from_hf(hf, "full_attention")
-    s_theta, s_scaling = _rope_from_hf(hf, "sliding_attention")
+    theta, scaling = _rope_from_hf(hf, family, "full_attention")
+    s_theta, s_scaling = _rope_from_hf(hf, family, "sliding_attention")
 
     fields = dict(
         model_type=model_type,
@@ -279,9 +255,9 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
         sliding_rope_theta=s_theta,
         sliding_rope_scaling=s_scaling,
         max_position_embeddings=int(hf.get("max_position_embeddings", 32768)),
-        qkv_bias=True if model_type == "qwen2" else bool(hf.get("attention_bias", False)),
-        qk_norm={"qwen3": "per_head", "olmo2": "full", "olmo3": "full"}.get(model_type, "none"),
-        norm_placement="post" if model_type in ("olmo2", "olmo3") else "pre",
+        qkv_bias=family.always_qkv_bias or bool(hf.get("attention_bias", False)),
+        qk_norm=family.qk_norm,
+        norm_placement=family.norm_placement,
         sliding_window=int(sliding_window) if sliding_window else None,
         layer_types=layer_types,
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
@@ -294,9 +270,13 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
-    """The `config.json` dict for `cfg`, readable by transformers v4 and v5."""
+    """The `config.json` dict for `cfg`, readable by transformers v4 and v5.
+
+    Refuses a `cfg` whose block its family's config.json cannot say: reading the dict back must
+    give the same q/k/v bias, q/k norm, norm placement and layer types."""
+    family = FAMILIES[cfg.model_type]
     hf = {
-        "architectures": [_ARCHITECTURES[cfg.model_type]],
+        "architectures": [family.architecture],
         "model_type": cfg.model_type,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
@@ -323,24 +303,18 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     # v4 readers look at rope_theta / rope_scaling; v5 at rope_parameters (it accepts both)
     hf["rope_theta"] = cfg.rope_theta
     hf["rope_scaling"] = rope_dict(cfg.rope_scaling) or None
-    if cfg.model_type == "olmo3":
+    if family.rope_per_layer_type:
         sliding = {"rope_type": "default",
                    "rope_theta": cfg.sliding_rope_theta or cfg.rope_theta,
                    **rope_dict(cfg.sliding_rope_scaling)}
         hf["rope_parameters"] = {"full_attention": full, "sliding_attention": sliding}
     else:
         hf["rope_parameters"] = full
-    if cfg.model_type in ("qwen2", "qwen3", "olmo3"):
-        hf["layer_types"] = list(cfg.layer_types)
-        hf["sliding_window"] = cfg.sliding_window
-        if cfg.model_type != "olmo3":
-            hf["use_sliding_window"] = cfg.sliding_window is not None
-            first_sliding = [i for i, s in enumerate(cfg.sliding_layers) if s]
-            hf["max_window_layers"] = first_sliding[0] if first_sliding else cfg.num_layers
-    if cfg.model_type == "qwen2" and not cfg.qkv_bias:
-        raise ModelConfigError("qwen2 always has q/k/v biases; export with qkv_bias=True.")
-    if cfg.model_type == "qwen3" and cfg.qk_norm != "per_head" or (
-            cfg.model_type in ("olmo2", "olmo3") and cfg.qk_norm != "full"):
-        raise ModelConfigError(
-            f"model_type={cfg.model_type!r} cannot export qk_norm={cfg.qk_norm!r}.")
+    hf.update(family.sliding_keys(cfg.layer_types, cfg.sliding_window))
+    read_back = config_from_hf(hf)
+    for field in ("qkv_bias", "qk_norm", "norm_placement", "layer_types"):
+        if getattr(read_back, field) != getattr(cfg, field):
+            raise ModelConfigError(
+                f"model_type={cfg.model_type!r} cannot export {field}={getattr(cfg, field)!r}; "
+                f"its config.json gives {getattr(read_back, field)!r}.")
     return hf
