@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+from sdpo_jax import cli
+
 DEFAULT_PROMPTS = (
     "What is 17 * 23? Answer with the number only.",
     "Write a Python function that returns the n-th Fibonacci number.",
