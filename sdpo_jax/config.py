@@ -7,8 +7,8 @@ values out of range, shapes that cannot divide the mesh, paths that do not exist
 
 from __future__ import annotations
 
+import difflib
 import json
-
 import math
 import os
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sdpo_jax import defaults, divergences, losses, models, teacher, train_step
+from sdpo_jax import defaults, divergences, envs, losses, models, teacher, train_step
 from sdpo_jax.ttt import methods as ttt_methods
 
 ConfigDict = ml_collections.ConfigDict
@@ -260,13 +260,36 @@ def _get(cfg: ConfigDict, dotted: str):
 _FREE_FORM_GROUPS = ("env.options",)
 
 
+def unknown_key_error(name: str, group: ConfigDict) -> ConfigError:
+    """The error for the dotted `name` whose last part `group` (the schema's group it would live in) lacks:
+    the name, the closest key (the same first three letters, else difflib's nearest) and the group's keys."""
+    prefix, _, key = name.rpartition(".")
+    known = sorted(group.keys())
+    close = [k for k in known if k[:3] == key[:3]] or difflib.get_close_matches(key, known, n=1)
+    hint = f" Did you mean {(prefix + '.' if prefix else '') + close[0]!r}?" if close else ""
+    return ConfigError(f"config: unknown key {name!r}.{hint} Known keys {f'in {prefix}' if prefix else 'here'}: {known}")
+
+
+def check_field_path(cfg: ConfigDict, dotted: str) -> None:
+    """Raise ConfigError (with the "did you mean") unless `dotted` names a field or group of `cfg`; any name
+    below a free-form group (env.options) is accepted. What the command line checks an override against."""
+    node, parts = cfg, dotted.split(".")
+    for depth, key in enumerate(parts):
+        name = ".".join(parts[:depth + 1])
+        if name.rpartition(".")[0] in _FREE_FORM_GROUPS:
+            return
+        if not isinstance(node, ConfigDict):
+            raise ConfigError(f"config: {name.rpartition('.')[0]!r} is a field, not a group: it has no {key!r}")
+        if key not in node:
+            raise unknown_key_error(name, node)
+        node = node[key]
+
+
 def _check_schema(cfg: ConfigDict, schema: ConfigDict, prefix: str = "") -> None:
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if key not in schema:
-            close = [k for k in schema.keys() if k[:3] == key[:3]]
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"config: unknown key {name!r}.{hint} Known keys here: {sorted(schema.keys())}")
+            raise unknown_key_error(name, schema)
         expected = schema[key]
         if name in _FREE_FORM_GROUPS:  # names checked where they are used (env.score's keywords)
             if not isinstance(value, ConfigDict):
@@ -406,6 +429,10 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
             raise ConfigError(f"config: {name}={value!r} does not exist")
     if cfg.data.train.endswith(".jsonl") and not os.path.exists(cfg.data.train):
         raise ConfigError(f"config: data.train={cfg.data.train!r} does not exist")
+    try:  # the environment and the keywords its score() takes (env.options), before anything is built
+        envs.base.accepted_options(envs.get_env(cfg.env.name), cfg.env.name, cfg.env.options.to_dict())
+    except ValueError as err:
+        raise ConfigError(f"config: env.name / env.options: {err}") from None
 
 
 # ---------------------------------------------------------------------- test-time SDPO (python -m sdpo_jax.ttt)

@@ -27,7 +27,7 @@ from sdpo_jax import models, programs, reprompt, rollout, sampling, sharding, tr
 from sdpo_jax import train_step as ts
 from sdpo_jax.envs import synthetic
 from sdpo_jax.logging import MetricsLogger, log0
-from sdpo_jax.run_report import EXIT_BAD_INPUT, EXIT_NO_LEARNING, platform_line
+from sdpo_jax.run_report import platform_line
 from sdpo_jax.tokenizer import load_tokenizer
 from sdpo_jax.ttt import methods as ttt_methods
 
@@ -206,13 +206,16 @@ def initial_params(cfg, actor: rollout.Actor, params, splits: dict[str, list[dic
 
 
 def build_run(cfg, *, devices=None) -> train.Run:
-    """Everything `train.loop` needs, built once from `cfg` (resumed from a checkpoint when one exists).
-    Raises warm_start.StaleWarmStart / WarmStartError when the demo's warm start cannot be used or made."""
-    os.makedirs(cfg.run_dir, exist_ok=True)
+    """Everything `train.loop` needs, built once from `cfg` (resumed from a checkpoint when one exists). The
+    data files are read and checked first, and the run directory is made only once the model is built, so a
+    bad row, tokenizer or checkpoint (`cli.PROJECT_ERRORS`) stops the run before anything heavy and leaves
+    nothing behind. Raises warm_start.StaleWarmStart / WarmStartError when the demo's warm start cannot be
+    used or made."""
+    splits = load_splits(cfg)
     is_main = jax.process_index() == 0
     actor, params, close_scorer = build_actor(cfg, devices=devices)
     try:
-        splits = load_splits(cfg)
+        os.makedirs(cfg.run_dir, exist_ok=True)
         model_cfg, mesh = actor.model_cfg, actor.mesh
         log0(f"host: {platform_line()}")
         log0(f"model: {model_cfg.model_type} L={model_cfg.num_layers} D={model_cfg.hidden_size} "
@@ -241,13 +244,9 @@ def build_run(cfg, *, devices=None) -> train.Run:
 
 
 def train_from_config(cfg) -> int:
-    """Build the run and train it; a process exit code (what `python -m sdpo_jax.main` returns)."""
-    try:
-        run = build_run(cfg)
-    except (warm_start.StaleWarmStart, warm_start.WarmStartError) as err:
-        log0(f"error: {err}")
-        return EXIT_BAD_INPUT if isinstance(err, warm_start.StaleWarmStart) else EXIT_NO_LEARNING
-    return train.loop(run)
+    """Build the run and train it; a process exit code (what `python -m sdpo_jax.main` returns). A project error
+    (a bad data row, a stale warm start, ...) propagates: the entry point turns it into one `error:` line."""
+    return train.loop(build_run(cfg))
 
 
 def export_hf_from_run(cfg, out_dir: str) -> None:
@@ -310,9 +309,11 @@ def build_ttt(cfg, *, devices=None, log=log0):
 
 
 def run_ttt(cfg, *, devices=None, log=log0) -> dict:
-    """The whole comparison of `python -m sdpo_jax.ttt` (`ttt.methods.compare`) on cfg's questions."""
+    """The whole comparison of `python -m sdpo_jax.ttt` (`ttt.methods.compare`) on cfg's questions (read and
+    checked before the model is built)."""
+    candidates = ttt_candidates(cfg)
     run, params0, close = build_ttt(cfg, devices=devices, log=log)
     try:
-        return ttt_methods.compare(run, params0, ttt_candidates(cfg), log=log)
+        return ttt_methods.compare(run, params0, candidates, log=log)
     finally:
         close()

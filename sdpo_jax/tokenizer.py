@@ -159,6 +159,11 @@ def build_demo_tokenizer(out_dir: str | os.PathLike | None = None, *, vocab_size
     return tokenizer
 
 
+class TokenizerError(ValueError):
+    """The tokenizer cannot be loaded or used (`load_tokenizer`, `render_chat`); the message names the path or
+    the message and what would work."""
+
+
 def load_tokenizer(path_or_name: str | os.PathLike, **kwargs):
     """Return a tokenizer: "demo" builds the project's own one; anything else is a local directory
     loaded with `AutoTokenizer.from_pretrained` (offline: it never downloads)."""
@@ -168,7 +173,7 @@ def load_tokenizer(path_or_name: str | os.PathLike, **kwargs):
 
     path = os.fspath(path_or_name)
     if not os.path.isdir(path):
-        raise FileNotFoundError(
+        raise TokenizerError(
             f"load_tokenizer: {path!r} is not a directory. Pass 'demo' for the built-in tokenizer or "
             "a local directory holding tokenizer.json / tokenizer_config.json (e.g. a downloaded "
             "checkpoint); hub names are not fetched.")
@@ -182,12 +187,12 @@ def render_chat(tokenizer, messages: Sequence[dict[str, Any]], *, enable_thinkin
                 add_generation_prompt: bool = True) -> str:
     """The chat-templated text of `messages` (with `enable_thinking` passed to the template)."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise TokenizerError(
             f"apply_chat_template: tokenizer {type(tokenizer).__name__} has no chat_template; use a "
             "chat/instruct checkpoint's tokenizer or load_tokenizer('demo').")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise ValueError(f"apply_chat_template: messages[{i}] = {message!r} needs 'role' and "
+            raise TokenizerError(f"apply_chat_template: messages[{i}] = {message!r} needs 'role' and "
                              "'content' keys")
     return tokenizer.apply_chat_template(
         list(messages), tokenize=False, add_generation_prompt=add_generation_prompt,

@@ -5,6 +5,7 @@ The wheel is built from a copy of the files the build reads (pyproject.toml, REA
 sdpo_jax/) in tmp_path, so the checkout gets no build/ or *.egg-info, and a file the build needs but the
 copy lacks fails here too. `pip wheel --no-deps --no-build-isolation` uses this venv's setuptools (pinned in
 requirements-test.txt); nothing is downloaded."""
+import configparser
 import email.parser
 import os
 import shutil
@@ -65,14 +66,18 @@ def test_wheel_holds_the_package_and_requirements_pins(tmp_path):
     """Invariant: the wheel built from pyproject.toml holds every file under sdpo_jax/ (all subpackages and
     the sandbox files read or run by path) and nothing outside sdpo_jax/ but its metadata (configs/, tests/,
     bench/ stay out); its Requires-Dist equals requirements.txt's pins (same names, versions, order) and it
-    requires Python >= 3.11; unpacked on its own, away from the checkout, `sdpo_jax` imports from it and the
-    sandbox finds its runner file there."""
+    requires Python >= 3.11; it declares the console script `sdpo-jax` = `sdpo_jax.main:entry` (the main job);
+    unpacked on its own, away from the checkout, `sdpo_jax` imports from it, the script's target is callable,
+    and the sandbox finds its runner file there."""
     wheel = _build_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as zf:
         names = set(zf.namelist())
         dist_info = {n.split("/", 1)[0] for n in names if ".dist-info/" in n}
         assert len(dist_info) == 1, dist_info
-        metadata = email.parser.Parser().parsestr(zf.read(f"{dist_info.pop()}/METADATA").decode())
+        dist_info = dist_info.pop()
+        metadata = email.parser.Parser().parsestr(zf.read(f"{dist_info}/METADATA").decode())
+        entry_points = configparser.ConfigParser()
+        entry_points.read_string(zf.read(f"{dist_info}/entry_points.txt").decode())
         site = tmp_path / "site"
         zf.extractall(site)
 
@@ -87,11 +92,13 @@ def test_wheel_holds_the_package_and_requirements_pins(tmp_path):
     assert [_key(r) for r in requires] == [_key(r) for r in _pins()]
     assert any(canonicalize_name(r.name) == "jax" for r in requires)  # the pins were read, not an empty file
 
-    probe = ("import os, sdpo_jax, sdpo_jax.envs.sandbox.host as sb; "
+    assert dict(entry_points["console_scripts"]) == {"sdpo-jax": "sdpo_jax.main:entry"}
+    probe = ("import os, sdpo_jax, sdpo_jax.envs.sandbox.host as sb, sdpo_jax.main; "
              "print(os.path.dirname(os.path.dirname(sdpo_jax.__file__))); "
-             "print(os.path.isfile(sb._RUNNER_PATH) and os.path.isfile(sb._LAUNCHER_PATH))")
+             "print(os.path.isfile(sb._RUNNER_PATH) and os.path.isfile(sb._LAUNCHER_PATH)); "
+             "print(callable(sdpo_jax.main.entry))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=dict(env, PYTHONPATH=str(site)),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split() == [str(site), "True"], proc.stdout
+    assert proc.stdout.split() == [str(site), "True", "True"], proc.stdout

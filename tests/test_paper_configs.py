@@ -186,11 +186,11 @@ def test_unset_paths_fail_loudly_naming_the_override(name):
     """Without overrides the model path is unset and the tokenizer / data placeholders fail at start-up
     with an error naming the --config override to pass (never a silent default dataset or download)."""
     from sdpo_jax import data as data_lib
-    from sdpo_jax.tokenizer import load_tokenizer
+    from sdpo_jax.tokenizer import TokenizerError, load_tokenizer
 
     cfg = _load(name)
     assert cfg.model.path is None
-    with pytest.raises(FileNotFoundError, match=re.escape("--config.tokenizer.path=")):
+    with pytest.raises(TokenizerError, match=re.escape("--config.tokenizer.path=")):
         load_tokenizer(cfg.tokenizer.path)
     for field in ("train", "eval"):
         with pytest.raises(data_lib.DataError, match=re.escape(f"--config.data.{field}=")):

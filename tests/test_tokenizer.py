@@ -100,7 +100,7 @@ def test_load_tokenizer_errors_and_demo():
     """load_tokenizer('demo') builds the demo tokenizer; a missing path raises a clear error (it is
     never treated as a hub name)."""
     assert len(tk.load_tokenizer("demo")) == 512
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(tk.TokenizerError, match="not a directory"):
         tk.load_tokenizer("/nonexistent/Qwen3-8B")
     with pytest.raises(ValueError, match="vocab_size"):
         tk.build_demo_tokenizer(vocab_size=100)
@@ -115,5 +115,5 @@ def test_apply_chat_template_with_template_without_enable_thinking():
     ids = tk.apply_chat_template(tok, MESSAGES, enable_thinking=True)
     assert ids.count(tok.pad_token_id) == 1
     assert tok.decode(ids).endswith("[assistant]")
-    with pytest.raises(ValueError, match="role"):
+    with pytest.raises(tk.TokenizerError, match="role"):
         tk.apply_chat_template(tok, [{"content": "x"}], enable_thinking=False)

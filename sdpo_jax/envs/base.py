@@ -179,7 +179,7 @@ class _Worker:
                 pass
 
 
-def _accepted_options(env, env_name: str, options: dict | None) -> dict:
+def accepted_options(env, env_name: str, options: dict | None) -> dict:
     """The options `env.score` takes.  `unsafe` (the config's env.unsafe_allow_no_sandbox) is
     dropped for environments that run no code; any other unknown option is an error."""
     import inspect
@@ -215,7 +215,7 @@ class Scorer:
         if not isinstance(env_name, str):
             raise TypeError("Scorer needs the env as a name or import path (workers import it)")
         env = get_env(env_name)
-        self.env_name, self.env_options = env_name, _accepted_options(env, env_name, env_options)
+        self.env_name, self.env_options = env_name, accepted_options(env, env_name, env_options)
         json.dumps(self.env_options)  # must cross to the workers as JSON
         if callable(getattr(env, "check_ready", None)):
             env.check_ready(**self.env_options)

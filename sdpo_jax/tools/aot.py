@@ -40,7 +40,8 @@ import re  # noqa: E402
 import sys  # noqa: E402
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+
+from sdpo_jax import cli  # noqa: E402
 
 EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT = 2, 5
 GIB = 2**30
@@ -310,7 +311,7 @@ def print_report(out: dict) -> None:
 # ---------------------------------------------------------------------------------------------- main
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).", lock_config=True)
+_CONFIG = cli.define_config_flags("Experiment config file (configs/*.py); override fields with --config.a.b=v.")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "gcloud accelerator type (v5p-64, v6e-64, v5litepod-16, v4-8), "
                                 "a libtpu topology (v5p:2x4x4), or 8xH100 (needs requirements-gpu-aot.txt).")
 _PROGRAMS = flags.DEFINE_list("programs", None, "Compile only these programs (default: all the run executes).")
@@ -365,6 +366,9 @@ def main(argv) -> int:
     except (config_lib.ConfigError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if flags.FLAGS.print_config:
+        print(cfg.to_json_best_effort(indent=2))
+        return 0
     mesh = setup.make_run_mesh(cfg, devices)
     print(f"{_TOPOLOGY.value}: {len(devices)} x {devices[0].device_kind} on {hosts} hosts; mesh {dict(mesh.shape)}; "
           f"model {model_cfg.model_type} L={model_cfg.num_layers} D={model_cfg.hidden_size} V={model_cfg.vocab_size} "
@@ -425,4 +429,4 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    app.run(lambda argv: sys.exit(cli.exit_code(lambda: main(argv))), flags_parser=cli.flags_parser(None, __doc__))

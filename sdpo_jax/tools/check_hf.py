@@ -16,6 +16,8 @@ import argparse
 import os
 import sys
 
+from sdpo_jax import cli
+
 DEFAULT_PROMPTS = (
     "What is 17 * 23? Answer with the number only.",
     "Write a Python function that returns the n-th Fibonacci number.",
@@ -105,6 +107,10 @@ def main(argv=None) -> int:
     ap.add_argument("--atol", type=float, default=None,
                     help="max |logit diff| that passes (default 1e-3 fp32, 0.5 bf16)")
     args = ap.parse_args(argv)
+    return cli.exit_code(lambda: _compare_and_report(args))
+
+
+def _compare_and_report(args) -> int:
     atol = args.atol if args.atol is not None else (1e-3 if args.dtype == "float32" else 0.5)
     results = compare(args.model_dir, prompts=tuple(args.prompt or DEFAULT_PROMPTS),
                       dtype=args.dtype, attention_impl=args.attention_impl,

@@ -26,6 +26,8 @@ import sys
 
 import numpy as np
 
+from sdpo_jax import cli
+
 REPO_ID = "livecodebench/code_generation_lite"
 REVISION = "refs/pr/6"
 WINDOW = ("2025-02-01", "2025-05-01")  # contest dates [start, end) of the paper's LCBv6 questions
@@ -178,12 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", default=WINDOW[1], help="first contest date no longer kept (ISO)")
     parser.add_argument("--seed", type=int, default=SPLIT_SEED, help="the test split's numpy seed")
     args = parser.parse_args(argv)
-    try:
-        summary = prepare(args.out, source=args.source, revision=args.revision, start=args.start, end=args.end,
-                          seed=args.seed)
-    except PrepareError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli.exit_code(lambda: _prepare_and_report(args))
+
+
+def _prepare_and_report(args) -> int:
+    summary = prepare(args.out, source=args.source, revision=args.revision, start=args.start, end=args.end,
+                      seed=args.seed)
     for split in ("train", "eval"):
         s = summary[split]
         print(f"{split}: {s['questions']} questions, {s['tests']} tests ({s['tests_per_question']['min']}-"

@@ -132,13 +132,14 @@ def run_main(argv: list[str], tracer: Tracer) -> int:
     from absl import app
 
     import sdpo_jax.main as job
+    from sdpo_jax import cli
 
     codes: list[int] = []
     sys.argv = ["sdpo_jax.main", *argv]
     threading.setprofile(tracer)
     sys.setprofile(tracer)
     try:
-        app.run(lambda args: codes.append(job.main(args) or 0))
+        app.run(lambda args: codes.append(job.main(args) or 0), flags_parser=cli.flags_parser(None, job.__doc__))
     except SystemExit as exit_:
         if not codes:
             codes.append(exit_.code if isinstance(exit_.code, int) else 1)
