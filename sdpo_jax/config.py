@@ -83,6 +83,8 @@ def base_config() -> ConfigDict:
     # "demo" = the project's own offline BPE; else an HF directory or hub id. Unset: model.path when it is set
     # (the model's own tokenizer), else "demo" (`tokenizer_path`). Set-up checks it against the model's vocabulary.
     c.tokenizer.path = placeholder(str)
+    # False skips the vocabulary checks (bench/rl_step.py: random weights at a real model's shape, demo tokens).
+    c.tokenizer.check_vocabulary = True
     c.tokenizer.enable_thinking = False
 
     c.mesh = ConfigDict()

@@ -165,10 +165,11 @@ def _check_shipped_tokenizer(tokenizer, model_dir: str, *, model_path: str, toke
 
 
 def load_checked_tokenizer(model_path: str | None, tokenizer_path: str, *, revision: str | None = None,
-                           defaulted: bool = False):
+                           defaulted: bool = False, check_vocabulary: bool = True):
     """(the model's local directory or None for a random init, the loaded tokenizer): hub ids fetched, then the
     tokenizer checked against the model's config.json and against the tokenizer the model directory ships
-    when it comes from elsewhere. `defaulted`: tokenizer.path was unset (the message says so). Raises
+    when it comes from elsewhere (unless not `check_vocabulary`). `defaulted`: tokenizer.path was unset (the
+    message says so). Raises
     SourceError; reads no weights."""
     model_dir, tokenizer_dir = local_sources(model_path, tokenizer_path, revision=revision)
     if tokenizer_dir != "demo" and not _ships_tokenizer(tokenizer_dir):
@@ -177,8 +178,8 @@ def load_checked_tokenizer(model_path: str | None, tokenizer_path: str, *, revis
             f"none of {', '.join(TOKENIZER_FILES)}; set --config.tokenizer.path to the model's tokenizer directory "
             "or hub id")
     tokenizer = load_tokenizer(tokenizer_dir)
-    if model_dir is None:
-        return None, tokenizer
+    if model_dir is None or not check_vocabulary:
+        return model_dir, tokenizer
     check_vocab_sizes(largest_token_id(tokenizer), model_vocab_size(model_dir, model_path),
                       model_path=model_path, tokenizer_path=tokenizer_path)
     if _ships_tokenizer(model_dir) and (tokenizer_dir == "demo"

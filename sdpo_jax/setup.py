@@ -143,7 +143,8 @@ def checked_tokenizer(cfg):
     Raises config.ConfigError (a hub.SourceError: the field and what would work)."""
     try:
         return hub.load_checked_tokenizer(cfg.model.path, config_lib.tokenizer_path(cfg), revision=cfg.model.revision,
-                                          defaulted=cfg.tokenizer.path is None)
+                                          defaulted=cfg.tokenizer.path is None,
+                                          check_vocabulary=cfg.tokenizer.check_vocabulary)
     except hub.SourceError as err:
         raise config_lib.ConfigError(str(err)) from None
 

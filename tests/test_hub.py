@@ -48,6 +48,18 @@ def test_a_token_id_without_an_embedding_row_is_refused_naming_both_sizes(tmp_pa
         assert needle in message, (needle, message)
 
 
+def test_check_vocabulary_false_skips_the_checks(tmp_path):
+    """tokenizer.check_vocabulary=False (the benchmark's random weights at a real model's shape) loads the demo
+    tokenizer beside a model whose vocab_size it does not fit; the default refuses the same pair."""
+    model = _model_dir(tmp_path / "m", 151_936)
+    cfg = _cfg(model, "demo")
+    with pytest.raises(config_lib.ConfigError, match="151936"):
+        setup.checked_tokenizer(cfg)
+    cfg.tokenizer.check_vocabulary = False
+    model_dir, tokenizer = setup.checked_tokenizer(cfg)
+    assert model_dir == model and len(tokenizer) == 512
+
+
 def test_more_padding_rows_than_allowed_is_refused():
     """A model with more than max(1024, 1 % of vocab_size) rows beyond the tokenizer is refused naming both
     sizes; exactly the allowance passes (the bound is inclusive)."""
