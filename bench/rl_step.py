@@ -91,6 +91,7 @@ def build_config(args, spec: dict, model_dir: str, run_dir: str):
     c.model.remat = spec["remat"]
     c.model.scan_layers = True
     c.tokenizer.path = "demo"
+    c.tokenizer.check_vocabulary = False  # random weights at a real model's vocabulary size, the demo's tokens
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
     c.data.train = "synthetic"
     c.data.synthetic_difficulty = spec["difficulty"]

@@ -16,7 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sdpo_jax import defaults, divergences, envs, losses, models, teacher, train_step
+from sdpo_jax import defaults, divergences, envs, hub, losses, models, teacher, train_step
 from sdpo_jax.ttt import methods as ttt_methods
 
 ConfigDict = ml_collections.ConfigDict
@@ -35,6 +35,8 @@ _FLEXIBLE_TYPES: dict[str, tuple[type, ...]] = {
     "checkpoint.resume_from": (str, type(None)),
     "checkpoint.warm_start_dir": (str, type(None)),
     "model.path": (str, type(None)),
+    "model.revision": (str, type(None)),
+    "tokenizer.path": (str, type(None)),
     "eval.min_gain_points": (float, int, type(None)),
     "data.eval": (str, type(None)),
     "logging.wandb_project": (str, type(None)),
@@ -51,9 +53,11 @@ def base_config() -> ConfigDict:
     c.seed = 0
     c.run_dir = "runs/default"
 
-    # The model: a Hugging Face directory (`path`) or a random init from `init` (tests, the demo).
+    # The model: a Hugging Face directory or hub id (`path`, e.g. "Qwen/Qwen3-0.6B", fetched into the HF cache
+    # at `revision`, None = main; HF_TOKEN for gated models) or a random init from `init` (tests, the demo).
     c.model = ConfigDict()
     c.model.path = placeholder(str)
+    c.model.revision = placeholder(str)
     c.model.compute_dtype = "float32"
     c.model.param_dtype = "float32"
     c.model.attention_impl = "plain"
@@ -76,7 +80,11 @@ def base_config() -> ConfigDict:
     c.model.init.std = 0.02  # N(0, std) for every weight matrix and the embedding
 
     c.tokenizer = ConfigDict()
-    c.tokenizer.path = "demo"  # "demo" = the project's own offline BPE; else an HF directory
+    # "demo" = the project's own offline BPE; else an HF directory or hub id. Unset: model.path when it is set
+    # (the model's own tokenizer), else "demo" (`tokenizer_path`). Set-up checks it against the model's vocabulary.
+    c.tokenizer.path = placeholder(str)
+    # False skips the vocabulary checks (bench/rl_step.py: random weights at a real model's shape, demo tokens).
+    c.tokenizer.check_vocabulary = True
     c.tokenizer.enable_thinking = False
 
     c.mesh = ConfigDict()
@@ -214,6 +222,11 @@ def warm_start_defaults() -> ConfigDict:
     c.min_solution_accuracy = 0.9  # stop once (a) >= this ...
     c.min_feedback_gain = 0.15  # ... and (b) >= (c) + this
     return c
+
+
+def tokenizer_path(cfg: ConfigDict) -> str:
+    """The tokenizer a run loads: tokenizer.path, or when unset model.path (the model's own), else "demo"."""
+    return cfg.tokenizer.path or cfg.model.path or "demo"
 
 
 def warm_start_steps(cfg: ConfigDict) -> int:
@@ -425,8 +438,10 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
                 f"over the data-parallel axes mesh.data x mesh.fsdp = {data_parallel}; change one of them")
     for name in ("model.path", "checkpoint.resume_from"):
         value = _get(cfg, name)
-        if value and not value.startswith("gs://") and not os.path.exists(value):
-            raise ConfigError(f"config: {name}={value!r} does not exist")
+        hub_id = name == "model.path" and value and hub.is_hub_id(value)
+        if value and not value.startswith("gs://") and not os.path.exists(value) and not hub_id:
+            hint = " and is not a hub id (owner/name, e.g. Qwen/Qwen3-0.6B)" if name == "model.path" else ""
+            raise ConfigError(f"config: {name}={value!r} does not exist{hint}")
     if cfg.data.train.endswith(".jsonl") and not os.path.exists(cfg.data.train):
         raise ConfigError(f"config: data.train={cfg.data.train!r} does not exist")
     try:  # the environment and the keywords its score() takes (env.options), before anything is built

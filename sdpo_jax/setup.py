@@ -23,12 +23,11 @@ from sdpo_jax import checkpoint as ckpt_lib
 from sdpo_jax import config as config_lib
 from sdpo_jax import data as data_lib
 from sdpo_jax import envs as envs_lib
-from sdpo_jax import models, programs, reprompt, rollout, sampling, sharding, train, warm_start
+from sdpo_jax import hub, models, programs, reprompt, rollout, sampling, sharding, train, warm_start
 from sdpo_jax import train_step as ts
 from sdpo_jax.envs import synthetic
 from sdpo_jax.logging import MetricsLogger, log0
 from sdpo_jax.run_report import platform_line
-from sdpo_jax.tokenizer import load_tokenizer
 from sdpo_jax.ttt import methods as ttt_methods
 
 # ------------------------------------------------------------------------------------------- settings
@@ -100,7 +99,8 @@ def warm_start_settings(cfg) -> warm_start.WarmStartSettings:
     """The demo's warm start (`warm_start.warm_started_params`) and the fingerprint a saved one must match:
     the config fields it depends on."""
     w = cfg.warm_start
-    fingerprint = {"seed": cfg.seed, "model.init": cfg.model.init.to_dict(), "tokenizer.path": cfg.tokenizer.path,
+    fingerprint = {"seed": cfg.seed, "model.init": cfg.model.init.to_dict(),
+                   "tokenizer.path": config_lib.tokenizer_path(cfg),
                    "env": {"name": cfg.env.name, "options": cfg.env.options.to_dict()},
                    "data": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.data.items()
                             if k.startswith("synthetic_") or k == "train"},
@@ -136,10 +136,23 @@ def make_run_mesh(cfg, devices=None):
     return sharding.make_mesh(**sizes, devices=devices)
 
 
-def build_model(cfg, tokenizer, mesh):
-    """(ModelConfig, params placed on the mesh): an HF checkpoint, or a random init from cfg.model.init."""
+def checked_tokenizer(cfg):
+    """(the model's local directory or None for a random init, the tokenizer): hub ids fetched, the tokenizer
+    (`config.tokenizer_path`) checked against the model's vocabulary, before the mesh or the model is built.
+    Raises config.ConfigError (a hub.SourceError: the field and what would work)."""
+    try:
+        return hub.load_checked_tokenizer(cfg.model.path, config_lib.tokenizer_path(cfg), revision=cfg.model.revision,
+                                          defaulted=cfg.tokenizer.path is None,
+                                          check_vocabulary=cfg.tokenizer.check_vocabulary)
+    except hub.SourceError as err:
+        raise config_lib.ConfigError(str(err)) from None
+
+
+def build_model(cfg, tokenizer, mesh, model_dir: str | None = None):
+    """(ModelConfig, params placed on the mesh): an HF checkpoint (`model_dir`, the local copy of model.path
+    from `checked_tokenizer`; model.path when not given), or a random init from cfg.model.init."""
     if cfg.model.path:
-        model_cfg, params = models.load_pretrained(cfg.model.path, mesh=mesh, dtype=cfg.model.param_dtype)
+        model_cfg, params = models.load_pretrained(model_dir or cfg.model.path, mesh=mesh, dtype=cfg.model.param_dtype)
         return model_cfg.replace(**runtime_overrides(cfg)), params
     vocab = -(-len(tokenizer) // 64) * 64  # round up: friendlier shapes for every backend
     model_cfg = init_model_config(cfg, vocab, tokenizer.pad_token_id, tokenizer.eos_token_id)
@@ -151,9 +164,9 @@ def build_actor(cfg, *, devices=None) -> tuple[rollout.Actor, Any, Any]:
     """(Actor, initial params, close): mesh, tokenizer, model, environment and its scorer pool (with
     `env.options`; the env's readiness check, e.g. the code sandbox, runs here, before any training), the
     sampling settings - the set-up the RL loop and test-time SDPO share."""
+    model_dir, tokenizer = checked_tokenizer(cfg)
     mesh = make_run_mesh(cfg, devices)
-    tokenizer = load_tokenizer(cfg.tokenizer.path)
-    model_cfg, params = build_model(cfg, tokenizer, mesh)
+    model_cfg, params = build_model(cfg, tokenizer, mesh, model_dir)
     extra_eos = model_cfg.eos_token_id
     extra_eos = [extra_eos] if isinstance(extra_eos, int) else list(extra_eos or ())
     gathered = cfg.rollout.decode_weights == "gathered"
@@ -207,8 +220,9 @@ def initial_params(cfg, actor: rollout.Actor, params, splits: dict[str, list[dic
 
 def build_run(cfg, *, devices=None) -> train.Run:
     """Everything `train.loop` needs, built once from `cfg` (resumed from a checkpoint when one exists). The
-    data files are read and checked first, and the run directory is made only once the model is built, so a
-    bad row, tokenizer or checkpoint (`cli.PROJECT_ERRORS`) stops the run before anything heavy and leaves
+    data files are read and checked first, then the model and tokenizer sources (config.ConfigError when
+    model.path / tokenizer.path cannot be used), and the run directory is made only once the model is built, so
+    a bad row, tokenizer or checkpoint (`cli.PROJECT_ERRORS`) stops the run before anything heavy and leaves
     nothing behind. Raises warm_start.StaleWarmStart / WarmStartError when the demo's warm start cannot be
     used or made."""
     splits = load_splits(cfg)
@@ -251,9 +265,9 @@ def train_from_config(cfg) -> int:
 
 def export_hf_from_run(cfg, out_dir: str) -> None:
     """`--export_hf=DIR`: write the latest checkpoint of cfg.run_dir as a Hugging Face directory."""
+    model_dir, tokenizer = checked_tokenizer(cfg)
     mesh = make_run_mesh(cfg)
-    tokenizer = load_tokenizer(cfg.tokenizer.path)
-    model_cfg, params = build_model(cfg, tokenizer, mesh)
+    model_cfg, params = build_model(cfg, tokenizer, mesh, model_dir)
     state = ts.make_train_step(model_cfg, config_lib.step_settings(cfg), make_optimizer(cfg), mesh).init_state(params)
     checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, async_save=False)
     state, meta = checkpointer.restore(state)

@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import configs.demo
 from sdpo_jax import compiled_calls, hlo_flops, models, programs, setup
+from sdpo_jax import config as config_lib
 from sdpo_jax.tokenizer import load_tokenizer
 from sdpo_jax.tools import aot
 
@@ -58,7 +59,7 @@ def test_tool_programs_are_the_calls_the_loop_makes(tmp_path, variant):
         if not any(call.matches(seen) for seen in loop):
             loop.append(call)
     mesh = setup.make_run_mesh(cfg)
-    model_cfg, _ = setup.build_model(cfg, load_tokenizer(cfg.tokenizer.path), mesh)
+    model_cfg, _ = setup.build_model(cfg, load_tokenizer(config_lib.tokenizer_path(cfg)), mesh)
     tool = [p.signature() for p in programs.run_programs(setup.program_shapes(cfg), model_cfg, mesh)]
     expected = {"demo": ["prefill", "decode", "train_step", "eval_prefill", "eval_decode"],
                 "ema_minibatches_bf16": ["prefill", "decode", "old_logprobs", "train_step", "teacher_update",
@@ -85,7 +86,7 @@ def test_tool_programs_are_the_calls_test_time_sdpo_makes(tmp_path):
         if not any(call.matches(seen) for seen in loop):
             loop.append(call)
     mesh = setup.make_run_mesh(cfg, devices)
-    model_cfg, _ = setup.build_model(cfg, load_tokenizer(cfg.tokenizer.path), mesh)
+    model_cfg, _ = setup.build_model(cfg, load_tokenizer(config_lib.tokenizer_path(cfg)), mesh)
     tool = [p.signature() for p in programs.ttt_programs(setup.program_shapes(cfg), model_cfg, mesh, questions=cfg.ttt.num_questions)]
     assert [s.name for s in tool] == ["prefill", "decode", "train_step", "teacher_update", "best_of_k_prefill",
                                       "best_of_k_decode", "multi_turn_prefill", "multi_turn_decode"]

@@ -171,9 +171,10 @@ def model_config_for(cfg):
                          "configs carry Qwen3-8B's shape)")
     vocab = cfg.model.init.vocab_size
     if vocab is None:
+        from sdpo_jax import config as config_lib
         from sdpo_jax.tokenizer import load_tokenizer
 
-        vocab = -(-len(load_tokenizer(cfg.tokenizer.path)) // 64) * 64  # as setup.build_model rounds it
+        vocab = -(-len(load_tokenizer(config_lib.tokenizer_path(cfg))) // 64) * 64  # as setup.build_model rounds it
     return setup.init_model_config(cfg, int(vocab))
 
 
