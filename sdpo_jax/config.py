@@ -16,7 +16,6 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from sdpo_jax import defaults, divergences, envs, hub, losses, models, teacher, train_step
 from sdpo_jax.ttt import methods as ttt_methods
 
 ConfigDict = ml_collections.ConfigDict
@@ -40,6 +39,8 @@ _FLEXIBLE_TYPES: dict[str, tuple[type, ...]] = {
     "eval.min_gain_points": (float, int, type(None)),
     "data.eval": (str, type(None)),
     "logging.wandb_project": (str, type(None)),
+    # the flat aliases of TRL's / the official names (names.ALIASES): None = unset
+    **{a.name: ((float, int) if a.kind is float else (a.kind,)) + (type(None),) for a in names.ALIASES},
 }
 
 
@@ -205,6 +206,11 @@ def base_config() -> ConfigDict:
     c.logging.wandb_project = placeholder(str)
     c.logging.plot = True
     c.logging.progress_bar = True
+
+    # TRL's and the official code's names (names.ALIASES, README "Names from TRL and the official code"): flat
+    # like TRL's SDPOConfig, None = unset; validate() moves them into the fields above and sets them back to None.
+    for alias in names.ALIASES:
+        c[alias.name] = placeholder(alias.kind)
     return c
 
 
@@ -360,14 +366,33 @@ def resolve_mesh_sizes(cfg: ConfigDict, num_devices: int) -> dict[str, int]:
     return {k: (num_devices // fixed if v == -1 else v) for k, v in sizes.items()}
 
 
+def resolve_aliases(cfg: ConfigDict) -> None:
+    """Move the aliases set in `cfg` (TRL's / the official names, `names.ALIASES`) into our fields, in place, and
+    set them back to None; ConfigError for a refused alias or an alias and our field set to different values."""
+    set_aliases = {name: cfg[name] for name in names.ALIAS_NAMES if cfg.get(name) is not None}
+    if not set_aliases:
+        return
+    try:
+        updates = names.resolve(set_aliases, dict(_walk(cfg)), dict(_walk(base_config())))
+    except names.AliasError as err:
+        raise ConfigError(f"config: {err}") from None
+    for dotted, value in updates.items():
+        group, _, leaf = dotted.rpartition(".")
+        _get(cfg, group)[leaf] = value
+    for name in set_aliases:
+        cfg[name] = None
+
+
 def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
-    """Raise ConfigError naming the first bad field and the fix; return None when the config is sound.
+    """Raise ConfigError naming the first bad field and the fix; return None when the config is sound. Resolves
+    the aliases in place first (`resolve_aliases`): the config the run then reads holds only our names' values.
     The process count sets no constraint: every process holds the whole generation batch, so mini-batches
     and generation batches of any number of questions run on any number of hosts."""
     schema = base_config()
     if "warm_start" in cfg:
         schema.warm_start = warm_start_defaults()
     _check_schema(cfg, schema)
+    resolve_aliases(cfg)
     for name, choices in _choices().items():
         value = _get(cfg, name)
         if value not in choices:
@@ -493,6 +518,7 @@ def validate_ttt(cfg, *, num_devices: int | None = None) -> None:
     with base.unlocked():
         del base["ttt"]
     validate(base, num_devices=num_devices)
+    resolve_aliases(cfg)  # as validate did on the copy, on the config the run reads
     bad = [m for m in t.methods if m not in ttt_methods.METHODS]
     if bad or not t.methods:
         raise ConfigError(f"config: ttt.methods={tuple(t.methods)} must be a non-empty subset of {ttt_methods.METHODS}")

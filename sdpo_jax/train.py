@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 
 from sdpo_jax import batch as batch_lib
 from sdpo_jax import checkpoint as ckpt_lib
-from sdpo_jax import context_probe, models, programs, rollout, sampling, sharding
+from sdpo_jax import context_probe, models, names, programs, rollout, sampling, sharding
 from sdpo_jax import train_step as ts
 from sdpo_jax.logging import log0, plot_curves, read_jsonl
 from sdpo_jax.run_report import EXIT_NO_LEARNING, EXIT_NONFINITE, judge_gain
@@ -210,6 +210,7 @@ def loop(run: Run) -> int:
                 time_generate=roll.time_generate, time_score=roll.time_score, time_update=time_update,
                 tokens_per_s_generate=tokens / max(roll.time_generate, 1e-9), decode_steps=roll.decode_steps,
                 env_errors=float(roll.score_stats.get("errors", 0)), **counters)
+            metrics.update(names.official_metrics(metrics, s.objective))  # self_distillation/* copies
             if evaluating and (step + 1) % s.eval_every == 0:
                 metrics.update(_evaluate(run, step + 1, eval_key))
             if (step + 1) % s.logging_every == 0 or step + 1 == s.steps or "eval/accuracy" in metrics:
