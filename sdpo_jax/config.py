@@ -16,6 +16,7 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from sdpo_jax import defaults, divergences, envs, hub, losses, models, names, teacher, train_step
 from sdpo_jax.ttt import methods as ttt_methods
 
 ConfigDict = ml_collections.ConfigDict
