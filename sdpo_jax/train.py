@@ -209,7 +209,7 @@ def loop(run: Run) -> int:
                 reprompt_metrics.update(context_probe.context_metrics(actor, run.state, problems, roll, teacher_prompts,
                                                                        run.batch_settings.teacher_prompt_buckets))
             metrics.update(reprompt_metrics)
-            if s.samples_every and (step == 0 or (step + 1) % s.samples_every == 0):
+            if is_main and s.samples_every and (step == 0 or (step + 1) % s.samples_every == 0):
                 run.logger.log_samples(step + 1, samples_lib.sample_records(
                     step + 1, roll, batch, teacher_prompts, actor.tokenizer, s.samples_rows))
             metrics.update(
