@@ -42,6 +42,7 @@ _FLEXIBLE_TYPES: dict[str, tuple[type, ...]] = {
     "logging.wandb_project": (str, type(None)),
     # the flat aliases of TRL's / the official names (names.ALIASES): None = unset
     **{a.name: ((float, int) if a.kind is float else (a.kind,)) + (type(None),) for a in names.ALIASES},
+    "checkpoint.keep_best_metric": (str, type(None)),
 }
 
 
@@ -197,6 +198,11 @@ def base_config() -> ConfigDict:
     c.checkpoint.warm_start_dir = placeholder(str)  # demo: where the warm-started model lives
     c.checkpoint.export_hf_at_end = True
     c.checkpoint.at_end = True  # save the final state (benchmarks switch it off)
+    # Keep-best beside keep-last: also keep the checkpoint with the best value of this evaluation metric (an
+    # eval/* key, e.g. "eval/accuracy"; None = off). A checkpoint is saved at every evaluation then; only those
+    # steps compete; the latest max_to_keep stay too and resume takes the latest.
+    c.checkpoint.keep_best_metric = placeholder(str)
+    c.checkpoint.keep_best_mode = "max"  # "max" or "min": which end of keep_best_metric is best
 
     c.logging = ConfigDict()
     c.logging.every = 1
@@ -212,6 +218,10 @@ def base_config() -> ConfigDict:
     # like TRL's SDPOConfig, None = unset; validate() moves them into the fields above and sets them back to None.
     for alias in names.ALIASES:
         c[alias.name] = placeholder(alias.kind)
+    # samples.jsonl (+ TensorBoard text) every this many steps and at step 1: logging.samples_rows rows of the
+    # step's batch (prompt, completion, reward, feedback, teacher prompt). 0 = never.
+    c.logging.samples_every = 10
+    c.logging.samples_rows = 4
     return c
 
 
@@ -253,6 +263,7 @@ def _choices() -> dict[str, tuple[Any, ...]]:
 
 _CHOICES: dict[str, tuple[Any, ...]] = {
     "optim.schedule": ("constant", "cosine"),
+    "checkpoint.keep_best_mode": ("max", "min"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.param_dtype": ("float32", "bfloat16"),
     "model.attention_impl": ("plain", "blockwise", "cudnn", "splash"),
@@ -410,7 +421,8 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
     for name in ("optim.lr", "rollout.temperature"):
         positive(name, allow_zero=name == "rollout.temperature")
     for name in ("eval.every", "checkpoint.every", "optim.minibatch_prompts", "optim.warmup_steps",
-                 "env.num_workers", "logging.context_every") + (("warm_start.steps",) if "warm_start" in cfg else ()):
+                 "env.num_workers", "logging.context_every", "logging.samples_every", "logging.samples_rows",
+                 *(("warm_start.steps",) if "warm_start" in cfg else ())):
         positive(name, allow_zero=True)
     if warm_start_steps(cfg):
         for name in ("warm_start.lr", "warm_start.batch_size", "warm_start.check_every", "warm_start.check_questions"):
@@ -474,6 +486,11 @@ def validate(cfg: ConfigDict, *, num_devices: int | None = None) -> None:
         envs.base.accepted_options(envs.get_env(cfg.env.name), cfg.env.name, cfg.env.options.to_dict())
     except ValueError as err:
         raise ConfigError(f"config: env.name / env.options: {err}") from None
+    best = cfg.checkpoint.keep_best_metric
+    if best is not None and (not best.startswith("eval/") or not cfg.eval.every):
+        raise ConfigError(
+            f"config: checkpoint.keep_best_metric={best!r} needs an evaluation metric (an eval/* key such as "
+            f"'eval/accuracy') and evaluations (eval.every={cfg.eval.every} must be > 0); or set it to None")
 
 
 # ---------------------------------------------------------------------- test-time SDPO (python -m sdpo_jax.ttt)

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
-import os
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from sdpo_jax.run_files import write_figure, write_text
 
 CENSORED = None  # a seed that found no success within the budget
 
@@ -258,9 +260,7 @@ def write_curves_json(path: str, curves: Sequence[Curve], meta: Mapping[str, Any
         "curves": {c.method: {"ks": c.ks, "mean": c.mean, "lo": c.lo, "hi": c.hi, "per_question": c.per_question,
                               "confidence": c.confidence, "num_resamples": c.num_resamples} for c in curves},
     }
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(_json_value(payload), f, indent=1)
+    write_text(path, json.dumps(_json_value(payload), indent=1))
     return path
 
 
@@ -270,12 +270,12 @@ def write_results_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> str:
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else _json_value(row.get(k)) for k in columns})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else _json_value(row.get(k)) for k in columns})
+    write_text(path, text.getvalue())
     return path
 
 
@@ -299,7 +299,6 @@ def plot_discovery(path: str, curves: Sequence[Curve], *, title: str = "discover
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, dpi=110)
     plt.close(fig)
     return path

@@ -1,5 +1,7 @@
 """Run logging: console progress with ETA, a JSONL metrics file, TensorBoard events (pure Python),
-optional Weights & Biases, and the end-of-run PNG plot. Only process 0 writes (the caller decides)."""
+optional Weights & Biases, the end-of-run PNG plot, and sample logs (samples.jsonl + TensorBoard text,
+`samples.sample_records`). Only process 0 writes (the caller decides). The run directory may be local or a
+bucket (gs://): files go through `run_files`."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import time
 from typing import Any
 
 import jax
+
+from sdpo_jax.run_files import AppendFile, is_remote, run_path, write_figure
+from sdpo_jax.samples import markdown
 
 # ---------------------------------------------------------------------------------------------------
 # TensorBoard event files without TensorFlow: TFRecord framing + hand-encoded Event/Summary protobufs.
@@ -58,8 +63,16 @@ def _field_bytes(number: int, payload: bytes) -> bytes:
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
+def _text_value(tag: str, text: str) -> bytes:
+    """A Summary.Value for TensorBoard's text plugin: tag (1), metadata (9: plugin_data.plugin_name "text"),
+    tensor (8: a scalar DT_STRING TensorProto: dtype 7, an empty tensor_shape, string_val (8))."""
+    metadata = _field_bytes(1, _field_bytes(1, b"text"))
+    tensor = _varint((1 << 3) | 0) + _varint(7) + _field_bytes(2, b"") + _field_bytes(8, text.encode())
+    return _field_bytes(1, tag.encode()) + _field_bytes(9, metadata) + _field_bytes(8, tensor)
+
+
 def _event(wall_time: float, step: int, *, file_version: str | None = None,
-           scalars: dict[str, float] | None = None) -> bytes:
+           scalars: dict[str, float] | None = None, texts: dict[str, str] | None = None) -> bytes:
     out = struct.pack("<B", (1 << 3) | 1) + struct.pack("<d", wall_time)  # field 1: double wall_time
     out += _varint((2 << 3) | 0) + _varint(step)  # field 2: int64 step
     if file_version is not None:
@@ -70,17 +83,18 @@ def _event(wall_time: float, step: int, *, file_version: str | None = None,
             one = _field_bytes(1, tag.encode()) + struct.pack("<B", (2 << 3) | 5) + struct.pack("<f", value)
             summary += _field_bytes(1, one)
         out += _field_bytes(5, summary)
+    if texts:
+        out += _field_bytes(5, b"".join(_field_bytes(1, _text_value(tag, text)) for tag, text in texts.items()))
     return out
 
 
 class TensorBoardWriter:
-    """Appends scalar summaries to an `events.out.tfevents.*` file that TensorBoard reads."""
+    """Appends scalar and text summaries to an `events.out.tfevents.*` file that TensorBoard reads."""
 
     def __init__(self, log_dir: str):
-        os.makedirs(log_dir, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{os.uname().nodename}.sdpo_jax"
-        self.path = os.path.join(log_dir, name)
-        self._file = open(self.path, "ab")
+        self.path = os.fspath(run_path(log_dir) / name)
+        self._file = AppendFile(self.path)
         self._write(_event(time.time(), 0, file_version="brain.Event:2"))
 
     def _write(self, record: bytes) -> None:
@@ -92,7 +106,9 @@ class TensorBoardWriter:
         finite = {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
         if finite:
             self._write(_event(time.time(), step, scalars=finite))
-            self._file.flush()
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        self._write(_event(time.time(), step, texts={tag: text}))
 
     def close(self) -> None:
         self._file.close()
@@ -100,9 +116,18 @@ class TensorBoardWriter:
 
 def read_tensorboard_scalars(path: str) -> list[tuple[int, dict[str, float]]]:
     """Parse our own event files back (used by tests; checks the framing CRCs too)."""
+    return [(step, scalars) for step, scalars, _ in read_tensorboard_events(path) if scalars]
+
+
+def read_tensorboard_texts(path: str) -> list[tuple[int, dict[str, str]]]:
+    """The text summaries of our own event files: (step, {tag: text}) (used by tests)."""
+    return [(step, texts) for step, _, texts in read_tensorboard_events(path) if texts]
+
+
+def read_tensorboard_events(path: str) -> list[tuple[int, dict[str, float], dict[str, str]]]:
+    """(step, scalars, texts) per summary event of our own event files (checks the framing CRCs too)."""
     records = []
-    with open(path, "rb") as f:
-        data = f.read()
+    data = run_path(path).read_bytes()
     pos = 0
     while pos < len(data):
         (length,) = struct.unpack_from("<Q", data, pos)
@@ -117,7 +142,7 @@ def read_tensorboard_scalars(path: str) -> list[tuple[int, dict[str, float]]]:
         pos += 16 + length
     out = []
     for record in records:
-        step, scalars = 0, {}
+        step, scalars, texts = 0, {}, {}
         i = 0
         while i < len(record):
             key, i = _read_varint(record, i)
@@ -134,8 +159,9 @@ def read_tensorboard_scalars(path: str) -> list[tuple[int, dict[str, float]]]:
                 i += size
                 if number == 5:
                     scalars.update(_parse_summary(payload))
-        if scalars:
-            out.append((step, scalars))
+                    texts.update(_parse_texts(payload))
+        if scalars or texts:
+            out.append((step, scalars, texts))
     return out
 
 
@@ -148,6 +174,35 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
         if not byte & 0x80:
             return value, i
+
+
+def _fields(buf: bytes) -> list[tuple[int, bytes | int]]:
+    """(field number, payload) of a protobuf message's length-delimited and varint fields (fixed-width skipped)."""
+    out, i = [], 0
+    while i < len(buf):
+        key, i = _read_varint(buf, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _read_varint(buf, i)
+            out.append((number, value))
+        elif wire == 2:
+            size, i = _read_varint(buf, i)
+            out.append((number, buf[i:i + size]))
+            i += size
+        else:
+            i += 8 if wire == 1 else 4
+    return out
+
+
+def _parse_texts(payload: bytes) -> dict[str, str]:
+    """{tag: text} of a Summary's text-plugin values (a tensor's string_val)."""
+    out = {}
+    for _, value in _fields(payload):
+        fields = dict(_fields(value))
+        if 8 in fields:
+            strings = [v for n, v in _fields(fields[8]) if n == 8]
+            out[fields[1].decode()] = strings[0].decode() if strings else ""
+    return out
 
 
 def _parse_summary(payload: bytes) -> dict[str, float]:
@@ -187,34 +242,44 @@ class MetricsLogger:
         self.progress_bar = progress_bar and enabled
         self._start = time.time()
         self._first_step: int | None = None
-        self._jsonl = self._tb = self._wandb = None
+        self._jsonl = self._tb = self._wandb = self._samples = None  # samples.jsonl opens at its first log
         if not enabled:
             return
-        os.makedirs(run_dir, exist_ok=True)
-        self.jsonl_path = os.path.join(run_dir, "metrics.jsonl")
-        self._jsonl = open(self.jsonl_path, "a")
+        self.jsonl_path = os.fspath(run_path(run_dir) / "metrics.jsonl")
+        self._jsonl = AppendFile(self.jsonl_path)
+        self.samples_path = os.fspath(run_path(run_dir) / "samples.jsonl")
         if tensorboard:
-            self._tb = TensorBoardWriter(os.path.join(run_dir, "tensorboard"))
+            self._tb = TensorBoardWriter(os.fspath(run_path(run_dir) / "tensorboard"))
         if wandb_project:
             try:
                 import wandb  # optional
             except ImportError:
                 print("logging: wandb is not installed; skipping Weights & Biases", file=sys.stderr)
             else:
-                self._wandb = wandb.init(project=wandb_project, config=config, dir=run_dir)
+                self._wandb = wandb.init(project=wandb_project, config=config,
+                                         dir=None if is_remote(run_dir) else run_dir)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
         clean = {k: _plain(v) for k, v in metrics.items()}
         self._jsonl.write(json.dumps({"step": step, **clean}) + "\n")
-        self._jsonl.flush()
         if self._tb:
             self._tb.scalars(step, clean)
         if self._wandb:
             self._wandb.log(clean, step=step)
         if self.progress_bar:
             self._console(step, clean)
+
+    def log_samples(self, step: int, records: list[dict]) -> None:
+        """One JSON line per record in samples.jsonl, and the step's records as TensorBoard text ("samples")."""
+        if not self.enabled or not records:
+            return
+        if self._samples is None:
+            self._samples = AppendFile(self.samples_path)
+        self._samples.write("".join(json.dumps(r) + "\n" for r in records))
+        if self._tb:
+            self._tb.text(step, "samples", markdown(records))
 
     def _console(self, step: int, metrics: dict[str, Any]) -> None:
         if self._first_step is None:
@@ -229,7 +294,7 @@ class MetricsLogger:
         print(f"[{bar}] {done}/{self.total_steps} eta {eta:5.0f}s {shown}", flush=True)
 
     def close(self) -> None:
-        for handle in (self._jsonl, self._tb):
+        for handle in (self._jsonl, self._tb, self._samples):
             if handle:
                 handle.close()
         if self._wandb:
@@ -249,8 +314,7 @@ def _plain(value: Any) -> Any:
 
 
 def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in run_path(path).read_text().splitlines() if line.strip()]
 
 
 def plot_curves(runs: dict[str, list[dict]], out_png: str, *, title: str = "SDPO") -> str:
@@ -276,7 +340,6 @@ def plot_curves(runs: dict[str, list[dict]], out_png: str, *, title: str = "SDPO
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    write_figure(fig, out_png, dpi=100)
     plt.close(fig)
     return out_png

@@ -14,6 +14,7 @@ import os
 import jax
 
 from sdpo_jax.logging import read_jsonl
+from sdpo_jax.run_files import run_path
 
 EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_NO_LEARNING = 2, 3, 4
 
@@ -52,8 +53,8 @@ def judge_gain(run_dir: str, objective: str, floor: float | None, *, completed: 
     """Evaluation accuracy at the first and the last evaluation of the run (run_dir/metrics.jsonl), and the
     verdict on `floor` (eval.min_gain_points; None: none): judged only when the run completed train.steps
     with at least two evaluations, otherwise "no verdict" (and the exit code stays as it is)."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    evals = [r for r in read_jsonl(path) if "eval/accuracy" in r] if os.path.isfile(path) else []
+    path = run_path(run_dir) / "metrics.jsonl"
+    evals = [r for r in read_jsonl(path) if "eval/accuracy" in r] if path.exists() else []
     if len(evals) < 2:
         return Verdict(f"eval accuracy ({objective}): fewer than two evaluations"
                        + ("; no verdict on eval.min_gain_points" if floor is not None else ""), False)

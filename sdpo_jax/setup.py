@@ -27,6 +27,7 @@ from sdpo_jax import hub, models, programs, reprompt, rollout, sampling, shardin
 from sdpo_jax import train_step as ts
 from sdpo_jax.envs import synthetic
 from sdpo_jax.logging import MetricsLogger, log0
+from sdpo_jax.run_files import run_path
 from sdpo_jax.run_report import platform_line
 from sdpo_jax.ttt import methods as ttt_methods
 
@@ -89,7 +90,8 @@ def loop_settings(cfg, step: ts.StepSettings) -> train.LoopSettings:
         run_dir=cfg.run_dir, seed=cfg.seed, steps=cfg.train.steps, prompts_per_step=cfg.data.prompts_per_step,
         max_nonfinite_in_a_row=cfg.train.max_nonfinite_in_a_row, eval_every=cfg.eval.every,
         eval_at_start=cfg.eval.at_start, logging_every=cfg.logging.every,
-        context_every=cfg.logging.context_every if step.uses_sdpo else 0, checkpoint_every=cfg.checkpoint.every,
+        context_every=cfg.logging.context_every if step.uses_sdpo else 0, samples_every=cfg.logging.samples_every,
+        samples_rows=cfg.logging.samples_rows, checkpoint_every=cfg.checkpoint.every,
         checkpoint_at_end=cfg.checkpoint.at_end, export_hf_at_end=cfg.checkpoint.export_hf_at_end,
         resume=cfg.checkpoint.resume, resume_from=cfg.checkpoint.resume_from, plot=cfg.logging.plot,
         objective=cfg.loss.objective, min_gain_points=cfg.eval.min_gain_points, config=cfg.to_dict())
@@ -229,7 +231,7 @@ def build_run(cfg, *, devices=None) -> train.Run:
     is_main = jax.process_index() == 0
     actor, params, close_scorer = build_actor(cfg, devices=devices)
     try:
-        os.makedirs(cfg.run_dir, exist_ok=True)
+        run_path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         model_cfg, mesh = actor.model_cfg, actor.mesh
         log0(f"host: {platform_line()}")
         log0(f"model: {model_cfg.model_type} L={model_cfg.num_layers} D={model_cfg.hidden_size} "
@@ -243,12 +245,12 @@ def build_run(cfg, *, devices=None) -> train.Run:
                            tensorboard=cfg.logging.tensorboard, wandb_project=cfg.logging.wandb_project,
                            config=cfg.to_dict(), progress_bar=cfg.logging.progress_bar)
     if is_main:
-        with open(os.path.join(cfg.run_dir, "config.json"), "w") as f:
-            f.write(cfg.to_json_best_effort(indent=2))
+        (run_path(cfg.run_dir) / "config.json").write_text(cfg.to_json_best_effort(indent=2))
     settings = config_lib.step_settings(cfg)
     step = ts.make_train_step(model_cfg, settings, make_optimizer(cfg), mesh)
-    checkpointer = ckpt_lib.RunCheckpointer(cfg.run_dir, max_to_keep=cfg.checkpoint.max_to_keep,
-                                            async_save=cfg.checkpoint.async_save)
+    checkpointer = ckpt_lib.RunCheckpointer(
+        cfg.run_dir, max_to_keep=cfg.checkpoint.max_to_keep, async_save=cfg.checkpoint.async_save,
+        keep_best_metric=cfg.checkpoint.keep_best_metric, keep_best_mode=cfg.checkpoint.keep_best_mode)
     # One global iterator on every process (see train.py's docstring).
     data_iter = data_lib.make_train_iterator(splits["train"], batch_size=cfg.data.prompts_per_step, seed=cfg.seed)
     return train.Run(
@@ -274,8 +276,7 @@ def export_hf_from_run(cfg, out_dir: str) -> None:
     checkpointer.close()
     host_params = sharding.host_copy(state.params)  # every process joins the gather
     if jax.process_index() == 0:
-        models.save_pretrained(model_cfg, host_params, out_dir)
-        tokenizer.save_pretrained(out_dir)
+        train.export_hf(model_cfg, host_params, tokenizer, out_dir)
         print(f"exported step {meta['step']} of {cfg.run_dir} to {out_dir}")
 
 

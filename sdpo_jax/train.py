@@ -17,7 +17,10 @@ only its `sharding.scoring_block` of the rows and gathers every score (`rollout.
 the same global RolloutBatch. A mini-batch may therefore take its questions from any host: one question
 per mini-batch or per step works on any number of hosts, and P processes train exactly like one
 (tests/test_multiprocess.py). The iterator state in a checkpoint does not depend on the process count.
-Metrics are logged by process 0; checkpoints are written by all processes (the JSON meta by process 0).
+Metrics and sample logs (`samples.py`) are logged by process 0; checkpoints are written by all processes
+(the JSON meta by process 0); with checkpoint.keep_best_metric every evaluation step is saved with its
+evaluation metrics, the candidates for the best (checkpoint.py). The run directory may be gs://
+(`run_files`).
 Debugging aid: with SDPO_JAX_DUMP_ROLLOUTS=1 each process appends, per step, the problem ids, group ids,
 completions and the rows it scored to `run_dir/rollouts_process{p}.jsonl`.
 """
@@ -38,8 +41,10 @@ from jax.experimental import multihost_utils
 from sdpo_jax import batch as batch_lib
 from sdpo_jax import checkpoint as ckpt_lib
 from sdpo_jax import context_probe, models, names, programs, rollout, sampling, sharding
+from sdpo_jax import samples as samples_lib
 from sdpo_jax import train_step as ts
 from sdpo_jax.logging import log0, plot_curves, read_jsonl
+from sdpo_jax.run_files import append_text, run_path, write_through_local
 from sdpo_jax.run_report import EXIT_NO_LEARNING, EXIT_NONFINITE, judge_gain
 
 
@@ -57,6 +62,8 @@ class LoopSettings:
     eval_at_start: bool
     logging_every: int
     context_every: int
+    samples_every: int
+    samples_rows: int
     checkpoint_every: int
     checkpoint_at_end: bool
     export_hf_at_end: bool
@@ -110,9 +117,8 @@ def log_evaluation(run_dir: str, step: int, metrics: dict, successes: np.ndarray
     """Append each question's successes at `step` to run_dir/evals.jsonl (process 0; for paired
     standard errors between evaluations and runs, bench/demo_compare.sh) and return `metrics`."""
     if jax.process_index() == 0:
-        with open(os.path.join(run_dir, "evals.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, "samples_per_question": samples_per_question,
-                                "successes": successes.tolist()}) + "\n")
+        append_text(run_path(run_dir) / "evals.jsonl", json.dumps(
+            {"step": step, "samples_per_question": samples_per_question, "successes": successes.tolist()}) + "\n")
     return metrics
 
 
@@ -128,8 +134,7 @@ def _dump_rollouts(run_dir: str, step: int, problems: list[dict], roll: rollout.
               "group_ids": [int(g) for g in roll.group_ids], "texts": roll.texts,
               "rewards": [float(r) for r in roll.rewards],
               "scored_rows": roll.score_stats.get("scored_rows", [0, len(roll.texts)])}
-    with open(os.path.join(run_dir, f"rollouts_process{jax.process_index()}.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_text(run_path(run_dir) / f"rollouts_process{jax.process_index()}.jsonl", json.dumps(record) + "\n")
 
 
 def _host_scalar_metrics(tree) -> dict:
@@ -204,6 +209,9 @@ def loop(run: Run) -> int:
                 reprompt_metrics.update(context_probe.context_metrics(actor, run.state, problems, roll, teacher_prompts,
                                                                        run.batch_settings.teacher_prompt_buckets))
             metrics.update(reprompt_metrics)
+            if is_main and s.samples_every and (step == 0 or (step + 1) % s.samples_every == 0):
+                run.logger.log_samples(step + 1, samples_lib.sample_records(
+                    step + 1, roll, batch, teacher_prompts, actor.tokenizer, s.samples_rows))
             metrics.update(
                 reward=float(roll.rewards.mean()), accuracy=float((roll.rewards >= actor.success_threshold).mean()),
                 response_length=float(roll.lengths.mean()), generations=(step + 1) * len(roll.lengths),
@@ -211,7 +219,8 @@ def loop(run: Run) -> int:
                 tokens_per_s_generate=tokens / max(roll.time_generate, 1e-9), decode_steps=roll.decode_steps,
                 env_errors=float(roll.score_stats.get("errors", 0)), **counters)
             metrics.update(names.official_metrics(metrics, s.objective))  # self_distillation/* copies
-            if evaluating and (step + 1) % s.eval_every == 0:
+            evaluated = evaluating and (step + 1) % s.eval_every == 0
+            if evaluated:
                 metrics.update(_evaluate(run, step + 1, eval_key))
             if (step + 1) % s.logging_every == 0 or step + 1 == s.steps or "eval/accuracy" in metrics:
                 run.logger.log(step + 1, metrics)
@@ -222,8 +231,9 @@ def loop(run: Run) -> int:
                 exit_code = EXIT_NONFINITE
                 break
             stopping = stop.agreed()
-            if stopping or (s.checkpoint_every and (step + 1) % s.checkpoint_every == 0):
-                _save(run, step + 1, counters)
+            keep_best = evaluated and run.checkpointer.keep_best_metric is not None
+            if stopping or keep_best or (s.checkpoint_every and (step + 1) % s.checkpoint_every == 0):
+                _save(run, step + 1, counters, metrics if evaluated else None)
             if stopping:
                 log0(f"stop requested: saved step {step + 1} in {run.checkpointer.directory}; exiting")
                 return 0
@@ -232,11 +242,13 @@ def loop(run: Run) -> int:
         if s.checkpoint_at_end:
             _save(run, step + 1, counters)
         run.checkpointer.wait()
+        if run.checkpointer.best_step() is not None:
+            log0(f"best checkpoint by {run.checkpointer.keep_best_metric}: step {run.checkpointer.best_step()} "
+                 f"in {run.checkpointer.directory}")
         if s.export_hf_at_end and exit_code == 0:
             host_params = sharding.host_copy(run.state.params)  # every process joins the gather
             if is_main:
-                models.save_pretrained(actor.model_cfg, host_params, os.path.join(s.run_dir, "hf_export"))
-                actor.tokenizer.save_pretrained(os.path.join(s.run_dir, "hf_export"))
+                export_hf(actor.model_cfg, host_params, actor.tokenizer, os.path.join(s.run_dir, "hf_export"))
         if s.plot and is_main:
             _plot(s.run_dir)
         verdict = judge_gain(s.run_dir, s.objective, s.min_gain_points, completed=step + 1 == s.steps and exit_code == 0)
@@ -251,11 +263,17 @@ def loop(run: Run) -> int:
     return exit_code
 
 
-def _save(run: Run, step: int, counters: dict) -> None:
+def _save(run: Run, step: int, counters: dict, eval_metrics: dict | None = None) -> None:
     if run.checkpointer.latest_step() == step:
         return
     meta = {"step": step, "counters": counters, "data_state": run.data_iter.get_state(), "config": run.settings.config}
-    run.checkpointer.save(step, run.state, json_safe(meta), force=True)
+    run.checkpointer.save(step, run.state, json_safe(meta), force=True, metrics=eval_metrics)
+
+
+def export_hf(model_cfg, host_params, tokenizer, out_dir: str) -> None:
+    """A Hugging Face directory (config, safetensors, tokenizer) at `out_dir`, local or gs:// (process 0)."""
+    models.save_pretrained(model_cfg, host_params, out_dir)
+    write_through_local(out_dir, tokenizer.save_pretrained)
 
 
 def json_safe(value):
@@ -265,12 +283,12 @@ def json_safe(value):
 def _plot(run_dir: str) -> None:
     """Plot this run; overlay sibling runs that share its parent and the part of its name before the first
     "_" (runs/demo with runs/demo_grpo; runs/lcb_qwen3_8b with runs/lcb_qwen3_8b_grpo)."""
-    parent, name = os.path.split(os.path.abspath(run_dir))
-    family = name.split("_")[0]
+    run = run_path(run_dir)
+    family = run.name.split("_")[0]
     runs = {}
-    for sibling in sorted(os.listdir(parent)):
-        path = os.path.join(parent, sibling, "metrics.jsonl")
-        if os.path.isfile(path) and (sibling == name or sibling.split("_")[0] == family):
-            runs[sibling] = read_jsonl(path)
-    out = plot_curves(runs, os.path.join(run_dir, "curves.png"), title=f"sdpo_jax: {', '.join(runs)}")
+    for sibling in sorted(run.parent.iterdir(), key=lambda p: p.name):
+        path = sibling / "metrics.jsonl"
+        if (sibling.name == run.name or sibling.name.split("_")[0] == family) and path.exists():
+            runs[sibling.name] = read_jsonl(path)
+    out = plot_curves(runs, os.fspath(run / "curves.png"), title=f"sdpo_jax: {', '.join(runs)}")
     log0(f"plot: {out}")

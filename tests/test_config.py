@@ -53,6 +53,9 @@ def test_wrong_type_is_named():
     ("rollout.top_p", 0.0, r"rollout.top_p=0.0 must be in"),
     ("teacher.kind", "student", r"teacher.kind='student' is not one of"),
     ("model.init.model_type", "gemma2", r"model.init.model_type='gemma2' is not one of \[.*'olmo3'"),
+    ("checkpoint.keep_best_metric", "loss", r"checkpoint.keep_best_metric='loss' needs an evaluation metric"),
+    ("checkpoint.keep_best_mode", "best", r"checkpoint.keep_best_mode='best' is not one of \['max', 'min'\]"),
+    ("logging.samples_every", -1, r"logging.samples_every=-1 must be >= 0"),
 ])
 def test_bad_values_are_named(field, value, message):
     """Invariant: out-of-range and unknown-choice values are rejected naming the field."""

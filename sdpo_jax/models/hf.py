@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from etils import epath
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from sdpo_jax.models.config import ModelConfig, config_from_hf, config_to_hf
@@ -169,7 +170,7 @@ def _write_safetensors(path: str, entries: list[tuple[str, tuple, np.dtype]], pr
     header["__metadata__"] = {"format": "pt"}
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * ((-len(blob)) % 8)
-    with open(path, "wb") as f:
+    with epath.Path(path).open("wb") as f:
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, dtype in entries:
@@ -312,8 +313,9 @@ def _host(x) -> np.ndarray:
 def save_pretrained(cfg: ModelConfig, params: dict, out_dir: str, *,
                     max_shard_bytes: int = 5 * 2**30, dtype: str | None = None) -> str:
     """Write `config.json`, `generation_config.json` and safetensors (sharded above
-    `max_shard_bytes`, with `model.safetensors.index.json`) that `transformers` loads.
-    Tensors go through the host one at a time; only process 0 writes. Returns `out_dir`."""
+    `max_shard_bytes`, with `model.safetensors.index.json`) that `transformers` loads, into a local
+    directory or a bucket (gs://, through etils.epath). Tensors go through the host one at a time; only
+    process 0 writes. Returns `out_dir`."""
     dtype = np.dtype(jnp.dtype(dtype or cfg.param_dtype))
     names = _hf_names(cfg)
     shapes = param_shapes(cfg)
@@ -340,22 +342,21 @@ def save_pretrained(cfg: ModelConfig, params: dict, out_dir: str, *,
     shards.append(current)
 
     write = jax.process_index() == 0
+    out = epath.Path(out_dir)  # a local directory or gs://
     if write:
-        os.makedirs(out_dir, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
         hf_config = config_to_hf(cfg)
         hf_config["torch_dtype"] = str(jnp.dtype(dtype).name)
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(hf_config, f, indent=2)
+        (out / "config.json").write_text(json.dumps(hf_config, indent=2))
         gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                if hf_config.get(k) is not None}
-        with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-            json.dump(gen, f, indent=2)
+        (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
     weight_map, total = {}, 0
     for i, shard in enumerate(shards):
         fname = ("model.safetensors" if len(shards) == 1
                  else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors")
         if write:
-            _write_safetensors(os.path.join(out_dir, fname), shard, produce)
+            _write_safetensors(os.fspath(out / fname), shard, produce)
         else:  # other processes still take part in the gathers
             for name, _, _ in shard:
                 produce(name)
@@ -363,6 +364,6 @@ def save_pretrained(cfg: ModelConfig, params: dict, out_dir: str, *,
             weight_map[name] = fname
             total += int(np.prod(shape)) * dtype.itemsize
     if write and len(shards) > 1:
-        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     return out_dir

@@ -37,6 +37,7 @@ from sdpo_jax import discovery as dsc
 from sdpo_jax import rollout, sampling
 from sdpo_jax import train_step as ts
 from sdpo_jax.reprompt import FEEDBACK_TEMPLATE, INSTRUCTION
+from sdpo_jax.run_files import run_path, write_text
 from sdpo_jax.tokenizer import render_chat
 
 METHODS = ("sdpo", "best_of_k", "multi_turn")
@@ -293,7 +294,7 @@ def compare(run: TTTRun, params0, candidates: list[dict], *, log: Callable[..., 
     "meta", "problems"}. On several processes every process runs the same comparison on the same data
     (`rollout.sample`: each scores its block of the attempts) and returns the same results."""
     t = run.settings
-    os.makedirs(t.run_dir, exist_ok=True)
+    run_path(t.run_dir).mkdir(parents=True, exist_ok=True)
     begin = time.time()
     init_fp = params_fingerprint(params0)
     problems, question_info = select_questions(run, params0, candidates, log=log)
@@ -352,13 +353,14 @@ def compare(run: TTTRun, params0, candidates: list[dict], *, log: Callable[..., 
 
 def write_outputs(run_dir: str, rows: list[dict], curves: list, meta: dict, summaries: list[dict], trace: list[dict],
                   *, title: str) -> None:
-    """results.csv, discovery.json, discovery.png and (when SDPO ran) sdpo_steps.jsonl in `run_dir`."""
+    """results.csv, discovery.json, discovery.png and (when SDPO ran) sdpo_steps.jsonl in `run_dir` (local or
+    gs://)."""
     dsc.write_results_csv(os.path.join(run_dir, "results.csv"), rows)
     dsc.write_curves_json(os.path.join(run_dir, "discovery.json"), curves, meta=meta, summaries=summaries)
     dsc.plot_discovery(os.path.join(run_dir, "discovery.png"), curves, title=title)
     if trace:
-        with open(os.path.join(run_dir, "sdpo_steps.jsonl"), "w") as f:
-            f.writelines(json.dumps(dsc._json_value(r)) + "\n" for r in trace)
+        lines = "".join(json.dumps(dsc._json_value(r)) + "\n" for r in trace)
+        write_text(os.path.join(run_dir, "sdpo_steps.jsonl"), lines)
 
 
 def format_summaries(summaries: Sequence[dict], budget: int) -> str:
