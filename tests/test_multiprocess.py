@@ -132,16 +132,20 @@ def test_every_process_holds_the_global_batch_and_scores_its_block(runs):
 
 
 def test_only_process_zero_writes_logs(runs):
-    """Invariant: in the 2-process run only process 0 logs: metrics.jsonl and the TensorBoard events hold
-    each step once (a second writer would append duplicates), process 1 prints no log lines, and the run
-    directory holds nothing else from process 1 than its own dump."""
+    """Invariant: in the 2-process run only process 0 logs: metrics.jsonl, the TensorBoard events and
+    samples.jsonl hold each step (each sample row) once (a second writer would append duplicates), process 1
+    prints no log lines, and the run directory holds nothing else from process 1 than its own dump."""
     two = runs["two"]
     assert [r["step"] for r in _metrics(two)] == [1, 2]
     events = [os.path.join(two, "tensorboard", f) for f in os.listdir(os.path.join(two, "tensorboard"))]
     steps = sorted(step for path in events for step, scalars in read_tensorboard_scalars(path) if scalars)
     assert steps == [1, 2]
     assert sorted(os.listdir(two)) == ["checkpoints", "config.json", "evals.jsonl", "hf_export", "metrics.jsonl",
-                                       "rollouts_process0.jsonl", "rollouts_process1.jsonl", "tensorboard"]
+                                       "rollouts_process0.jsonl", "rollouts_process1.jsonl", "samples.jsonl",
+                                       "tensorboard"]
+    with open(os.path.join(two, "samples.jsonl")) as f:
+        sample_rows = [(r["step"], r["row"]) for r in map(json.loads, f)]
+    assert sample_rows and len(sample_rows) == len(set(sample_rows)), sample_rows
     out0, out1 = runs["two_outputs"]
     assert "model: qwen3" in out0 and "compiled programs" in out0
     assert "model: qwen3" not in out1 and "compiled programs" not in out1
