@@ -4,9 +4,11 @@
     python bench/decode.py --size qwen3-0.6b --batches 16,64 --prompt_len 256 \
         --new_tokens 256                      # GPU/TPU: no peer, bandwidth reached instead
 
-Both sides sample (temperature 1, no top-k/top-p) exactly `--new_tokens` tokens per row after a
-`--prompt_len` prompt (no stop ids), on the same weights, in the same process, their timed calls
-alternating; tokens/s counts new tokens over the whole call (prefill included) for both. Prints
+Both sides sample (temperature 1, no top-k/top-p; 0 is greedy) exactly `--new_tokens` tokens per row after a
+`--prompt_len` prompt (no stop ids), on the same weights, each alone in its own process: ours here, then
+transformers in `bench/peers/hf_generate.py` (torch only, started once per batch after our timed calls; it also
+writes the weights this process loads), so the two thread pools never compete; tokens/s counts new tokens over
+the whole call (prefill included) for both, the median of `--repeats` calls per side. Prints
 the ratios (wall and process CPU time: on a shared machine the CPU-time ratio is the steadier
 one), the KV-cache bytes, the compiled decode program's memory, the compile time (first call minus
 a steady call) and, without a peer, the memory bandwidth the decode loop reaches (weights + cache
@@ -18,9 +20,11 @@ read once per step).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,20 +58,35 @@ def _timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def _build(args, tmp):
-    """(cfg, params, hf_model or None) on the same weights."""
-    if args.size == "tiny":
-        import torch
-        import transformers
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "hf_generate.py")
 
-        torch.manual_seed(0)
-        hf = transformers.AutoModelForCausalLM.from_config(transformers.Qwen2Config(**TINY_HF))
-        hf = hf.float().eval()
-        hf.save_pretrained(tmp)
-        cfg, params = models.load_pretrained(tmp, dtype=args.dtype, compute_dtype=args.dtype)
-        return cfg, params, (hf if args.hf else None)
+
+def _peer(*arguments) -> str:
+    """Run the transformers peer alone in its own process; its stdout."""
+    proc = subprocess.run([sys.executable, PEER, *arguments], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"{PEER} {arguments[0]} failed:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def _build(args, tmp):
+    """(cfg, params): the tiny Qwen2's weights written by the peer's process into `tmp` and loaded here, or a
+    Qwen3-0.6B-shaped random init."""
+    if args.size == "tiny":
+        _peer("save", "--dir", tmp, "--config_json", json.dumps(TINY_HF))
+        return models.load_pretrained(tmp, dtype=args.dtype, compute_dtype=args.dtype)
     cfg = models.ModelConfig(**QWEN3_06B, param_dtype=args.dtype, compute_dtype=args.dtype)
-    return cfg, jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0)), None
+    return cfg, jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
+
+
+def _peer_times(args, tmp, prompts) -> tuple[float, float]:
+    """(median wall s, median CPU s) of transformers' generate on `prompts`, in the peer's own process."""
+    prompts_npy = os.path.join(tmp, "prompts.npy")
+    np.save(prompts_npy, np.asarray(prompts, np.int64))
+    extra = ["--threads", str(args.threads)] if args.threads else []
+    out = json.loads(_peer("time", "--dir", tmp, "--prompts", prompts_npy, "--new_tokens", str(args.new_tokens),
+                           "--temperature", str(args.temperature), "--repeats", str(args.repeats), *extra))
+    return out["wall_s"], out["cpu_s"]
 
 
 def _decode_memory(cfg, params, batch, args):
@@ -93,84 +112,65 @@ def main():
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for both sides (1: single-threaded XLA and torch; on a "
                              "shared, oversubscribed CPU torch's 2-thread pool runs ~10x slower)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="timed calls per side, the two sides alternating (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per side (median)")
     args = parser.parse_args()
     backend = jax.default_backend()
     args.dtype = args.dtype or ("float32" if backend == "cpu" else "bfloat16")
     args.hf = args.hf and args.size == "tiny"
-    if args.hf:
-        import torch
-        torch.set_num_threads(args.threads or os.cpu_count())
 
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, threads {args.threads or 'default'}, jax {jax.__version__} "
           f"backend={backend} "
           f"devices={[d.device_kind for d in jax.local_devices()][:1]}x{jax.local_device_count()}")
     with tempfile.TemporaryDirectory() as tmp:
-        cfg, params, hf = _build(args, tmp)
-    param_bytes = sampling.tree_nbytes(params)["total"]
-    print(f"model: {args.size} ({cfg.num_params / 1e6:.1f}M params, "
-          f"{param_bytes / 2**20:.1f} MiB), dtype {args.dtype}, prompt {args.prompt_len}, "
-          f"new tokens {args.new_tokens}, temperature {args.temperature}, median of "
-          f"{args.repeats} timed calls per side, alternating")
+        cfg, params = _build(args, tmp)
+        param_bytes = sampling.tree_nbytes(params)["total"]
+        print(f"model: {args.size} ({cfg.num_params / 1e6:.1f}M params, "
+              f"{param_bytes / 2**20:.1f} MiB), dtype {args.dtype}, prompt {args.prompt_len}, "
+              f"new tokens {args.new_tokens}, temperature {args.temperature}, median of "
+              f"{args.repeats} timed calls per side, each side in its own process")
+        rng = np.random.default_rng(0)
+        for batch in [int(b) for b in args.batches.split(",")]:
+            prompts = rng.integers(3, cfg.vocab_size, size=(batch, args.prompt_len)).tolist()
+            _report_batch(args, tmp, cfg, params, param_bytes, batch, prompts)
 
-    rng = np.random.default_rng(0)
-    for batch in [int(b) for b in args.batches.split(",")]:
-        prompts = rng.integers(3, cfg.vocab_size, size=(batch, args.prompt_len)).tolist()
-        calls = iter(range(10**6))
 
-        def ours():
-            out = sampling.generate(cfg, params, prompts, max_new_tokens=args.new_tokens,
-                                    temperature=args.temperature, eos_ids=[], n=1, rng=next(calls),
-                                    prompt_buckets=(args.prompt_len,), cache_dtype=args.dtype)
-            assert out.tokens.shape == (batch, args.new_tokens)
-            assert out.lengths.min() == args.new_tokens
+def _report_batch(args, tmp, cfg, params, param_bytes, batch, prompts):
+    """Time ours on `prompts` (and then the peer, in its own process) and print the batch's line."""
+    calls = iter(range(10**6))
 
-        first, _ = _timed(ours)
-        theirs = None
-        if hf is not None:
-            import torch
+    def ours():
+        out = sampling.generate(cfg, params, prompts, max_new_tokens=args.new_tokens,
+                                temperature=args.temperature, eos_ids=[], n=1, rng=next(calls),
+                                prompt_buckets=(args.prompt_len,), cache_dtype=args.dtype)
+        assert out.tokens.shape == (batch, args.new_tokens)
+        assert out.lengths.min() == args.new_tokens
 
-            ids = torch.tensor(prompts, dtype=torch.long)
-            mask = torch.ones_like(ids)
-
-            def theirs(new_tokens=args.new_tokens):
-                with torch.no_grad():
-                    out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                      min_new_tokens=new_tokens, do_sample=True,
-                                      temperature=args.temperature, top_k=0, top_p=1.0,
-                                      use_cache=True, pad_token_id=0)
-                assert out.shape == (batch, args.prompt_len + new_tokens)
-
-            theirs(8)  # warm-up
-        ours_times, hf_times = [], []
-        for _ in range(args.repeats):  # alternate, so both sides see the same machine load
-            ours_times.append(_timed(ours))
-            if theirs is not None:
-                hf_times.append(_timed(theirs))
-        t_ours, c_ours = (statistics.median(x) for x in zip(*ours_times))
-        new_tokens = batch * args.new_tokens
-        slots = args.prompt_len + args.new_tokens
-        cache_bytes = 2 * cfg.num_layers * batch * slots * cfg.num_kv_heads * cfg.head_dim \
-            * jnp.dtype(args.dtype).itemsize
-        mem = _decode_memory(cfg, params, batch, args)
-        line = (f"B={batch:3d}  sdpo_jax {new_tokens / t_ours:8.1f} tok/s ({t_ours:.3f} s wall, "
-                f"{c_ours:.3f} s cpu)  compile {first - t_ours:.2f} s  kv-cache "
-                f"{cache_bytes / 2**20:.2f} MiB  decode program: args "
-                f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, temp "
-                f"{mem.temp_size_in_bytes / 2**20:.2f} MiB, aliased "
-                f"{mem.alias_size_in_bytes / 2**20:.1f} MiB")
-        if hf_times:
-            t_hf, c_hf = (statistics.median(x) for x in zip(*hf_times))
-            line += (f"\n        transformers {new_tokens / t_hf:8.1f} tok/s ({t_hf:.3f} s wall, "
-                     f"{c_hf:.3f} s cpu)  ratio {t_hf / t_ours:.2f}x wall, "
-                     f"{c_hf / c_ours:.2f}x cpu time")
-        else:  # decode is memory bound: weights + the cache are read once per step
-            per_step = param_bytes + cache_bytes
-            line += (f"  | ~{per_step * args.new_tokens / t_ours / 1e9:.0f} GB/s "
-                     f"(weights + cache read per step)")
-        print(line, flush=True)
+    first, _ = _timed(ours)
+    ours_times = [_timed(ours) for _ in range(args.repeats)]
+    peer = _peer_times(args, tmp, prompts) if args.hf else None
+    t_ours, c_ours = (statistics.median(x) for x in zip(*ours_times))
+    new_tokens = batch * args.new_tokens
+    slots = args.prompt_len + args.new_tokens
+    cache_bytes = 2 * cfg.num_layers * batch * slots * cfg.num_kv_heads * cfg.head_dim \
+        * jnp.dtype(args.dtype).itemsize
+    mem = _decode_memory(cfg, params, batch, args)
+    line = (f"B={batch:3d}  sdpo_jax {new_tokens / t_ours:8.1f} tok/s ({t_ours:.3f} s wall, "
+            f"{c_ours:.3f} s cpu)  compile {first - t_ours:.2f} s  kv-cache "
+            f"{cache_bytes / 2**20:.2f} MiB  decode program: args "
+            f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, temp "
+            f"{mem.temp_size_in_bytes / 2**20:.2f} MiB, aliased "
+            f"{mem.alias_size_in_bytes / 2**20:.1f} MiB")
+    if peer is not None:
+        t_hf, c_hf = peer
+        line += (f"\n        transformers {new_tokens / t_hf:8.1f} tok/s ({t_hf:.3f} s wall, "
+                 f"{c_hf:.3f} s cpu)  ratio {t_hf / t_ours:.2f}x wall, "
+                 f"{c_hf / c_ours:.2f}x cpu time")
+    else:  # decode is memory bound: weights + the cache are read once per step
+        per_step = param_bytes + cache_bytes
+        line += (f"  | ~{per_step * args.new_tokens / t_ours / 1e9:.0f} GB/s "
+                 f"(weights + cache read per step)")
+    print(line, flush=True)
 
 
 if __name__ == "__main__":
