@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.peers import run_peer  # noqa: E402
 from sdpo_jax import models, sampling  # noqa: E402
 
 TINY_HF = dict(vocab_size=32000, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
@@ -58,22 +58,13 @@ def _timed(fn):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers", "hf_generate.py")
-
-
-def _peer(*arguments) -> str:
-    """Run the transformers peer alone in its own process; its stdout."""
-    proc = subprocess.run([sys.executable, PEER, *arguments], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{PEER} {arguments[0]} failed:\n{proc.stderr[-3000:]}")
-    return proc.stdout
 
 
 def _build(args, tmp):
     """(cfg, params): the tiny Qwen2's weights written by the peer's process into `tmp` and loaded here, or a
     Qwen3-0.6B-shaped random init."""
     if args.size == "tiny":
-        _peer("save", "--dir", tmp, "--config_json", json.dumps(TINY_HF))
+        run_peer("hf_generate.py", "save", "--dir", tmp, "--config_json", json.dumps(TINY_HF))
         return models.load_pretrained(tmp, dtype=args.dtype, compute_dtype=args.dtype)
     cfg = models.ModelConfig(**QWEN3_06B, param_dtype=args.dtype, compute_dtype=args.dtype)
     return cfg, jax.jit(models.init_params, static_argnums=0)(cfg, jax.random.key(0))
@@ -84,8 +75,9 @@ def _peer_times(args, tmp, prompts) -> tuple[float, float]:
     prompts_npy = os.path.join(tmp, "prompts.npy")
     np.save(prompts_npy, np.asarray(prompts, np.int64))
     extra = ["--threads", str(args.threads)] if args.threads else []
-    out = json.loads(_peer("time", "--dir", tmp, "--prompts", prompts_npy, "--new_tokens", str(args.new_tokens),
-                           "--temperature", str(args.temperature), "--repeats", str(args.repeats), *extra))
+    out = json.loads(run_peer("hf_generate.py", "time", "--dir", tmp, "--prompts", prompts_npy, "--new_tokens",
+                              str(args.new_tokens), "--temperature", str(args.temperature), "--repeats",
+                              str(args.repeats), *extra))
     return out["wall_s"], out["cpu_s"]
 
 

@@ -3,10 +3,10 @@
     python bench/forward.py                                        # CPU: the tiny Qwen2
     python bench/forward.py --size qwen3-0.6b --batch 8 --seq 2048 --attention cudnn   # GPU
 
-Both sides run the same weights (a random HF model saved to a temp dir, loaded by
-`load_pretrained`) on the same [batch, seq] token block with a full attention mask, in the same
-process, timed alternately (one call each, `--iters` times); tokens/s = batch*seq / median forward
-time (logits included, no gradient). Prints the
+Both sides run the same weights (a random HF model saved to a temp dir by the peer's process, loaded by
+`load_pretrained`) on the same [batch, seq] token block with a full attention mask, each alone in its own
+process: ours here, then transformers in `bench/peers/hf_forward.py` (torch only), `--iters` timed calls each
+after a warm-up; tokens/s = batch*seq / median forward time (logits included, no gradient). Prints the
 ratio ours/peer, the compiled forward's `memory_analysis()`, the compile time, and model FLOPs
 utilisation (MFU) where the peak is known (GPU/TPU, or --peak_tflops).
 
@@ -18,6 +18,7 @@ intermediate 3072, vocab 151936, tied), random weights, bf16 params and compute 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import statistics
@@ -31,6 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.peers import run_peer  # noqa: E402
 from sdpo_jax import models  # noqa: E402
 
 SIZES = {
@@ -58,18 +60,6 @@ def model_flops_per_token(cfg: models.ModelConfig, seq: int) -> float:
     return matmul + attention
 
 
-def make_checkpoint(size: str, dtype: str, out_dir: str):
-    import torch
-    import transformers
-
-    hf_kw = dict(SIZES[size])
-    model_type = hf_kw.pop("model_type")
-    config = transformers.AutoConfig.for_model(model_type, **hf_kw)
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    model = model.to(getattr(torch, dtype)).eval()
-    model.save_pretrained(out_dir)
-    return model
 
 
 def timed(fn, iters: int) -> list[float]:
@@ -99,13 +89,13 @@ def main():
     platform_name = jax.devices()[0].platform
     dtype = args.dtype or ("float32" if args.size == "tiny" and platform_name == "cpu"
                            else "bfloat16")
-    peer = None
+    tmp = None
     if args.no_peer:  # random init straight in JAX
         cfg = models.config_from_hf(dict(SIZES[args.size]), param_dtype=dtype)
         params = models.init_params(cfg, jax.random.key(0))
-    else:  # a random HF model, saved, loaded by us: both sides hold the same weights
+    else:  # a random HF model saved by the peer's process, loaded by us: both sides hold the same weights
         tmp = tempfile.mkdtemp(prefix="bench_forward_")
-        peer = make_checkpoint(args.size, dtype, tmp)
+        run_peer("hf_forward.py", "save", "--dir", tmp, "--config_json", json.dumps(SIZES[args.size]), "--dtype", dtype)
         cfg, params = models.load_pretrained(tmp, dtype=dtype)
     cfg = cfg.replace(compute_dtype=dtype, attention_impl=args.attention,
                       attention_block_size=args.block, scan_layers=args.scan)
@@ -126,34 +116,16 @@ def main():
         jax.block_until_ready(compiled(params, ids_j, mask_j))
 
     tokens = args.batch * args.seq
-    peer_s = None
-    if peer is None:
-        ours = statistics.median(timed(run_ours, args.iters))
-    else:
-        import torch
-
-        device = "cuda" if platform_name == "gpu" and torch.cuda.is_available() else "cpu"
-        peer = peer.to(device)
-        ids_t = torch.tensor(ids, dtype=torch.long, device=device)
-        mask_t = torch.tensor(mask, dtype=torch.long, device=device)
-
-        def run_peer():
-            with torch.no_grad():
-                peer(input_ids=ids_t, attention_mask=mask_t).logits
-            if device == "cuda":
-                torch.cuda.synchronize()
-
-        run_peer()
-        ours_times, peer_times = [], []
-        for _ in range(args.iters):  # interleaved, so both sides see the same machine load
-            ours_times += timed(run_ours, 1)
-            peer_times += timed(run_peer, 1)
-        ours, peer_s = statistics.median(ours_times), statistics.median(peer_times)
+    ours = statistics.median(timed(run_ours, args.iters))
+    peer = None
+    if not args.no_peer:
+        np.save(os.path.join(tmp, "ids.npy"), ids.astype(np.int64))
+        check = os.path.join(tmp, "check_logits.npy")
+        peer = json.loads(run_peer("hf_forward.py", "time", "--dir", tmp, "--ids", os.path.join(tmp, "ids.npy"),
+                                   "--iters", str(args.iters), "--check_out", check))
         # same weights, same inputs: the logits agree (a check that we compare like with like)
-        with torch.no_grad():
-            ref = peer(input_ids=ids_t[:1, :64], attention_mask=mask_t[:1, :64]).logits.float()
         ours_logits = fwd(params, ids_j[:1, :64], mask_j[:1, :64])
-        agree = float(np.abs(np.asarray(ours_logits) - ref.cpu().numpy()).max())
+        agree = float(np.abs(np.asarray(ours_logits, np.float32) - np.load(check)).max())
 
     kind = jax.devices()[0].device_kind
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
@@ -168,12 +140,11 @@ def main():
           f"generated code {mem.generated_code_size_in_bytes / 2**20:.2f} MiB")
     print(f"sdpo_jax forward: {ours * 1e3:.1f} ms median of {args.iters}, "
           f"{tokens / ours:,.0f} tokens/s")
-    if peer_s is not None:
-        import torch
-
-        print(f"transformers {transformers_version()} (torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, sdpa): {peer_s * 1e3:.1f} ms, "
-              f"{tokens / peer_s:,.0f} tokens/s; max |logit diff| on a 64-token check {agree:.2e}")
+    if peer is not None:
+        peer_s = peer["median_s"]
+        print(f"transformers {peer['transformers']} (torch {peer['torch']}, {peer['threads']} threads, sdpa, "
+              f"{peer['device']}, alone in its process): {peer_s * 1e3:.1f} ms, {tokens / peer_s:,.0f} tokens/s; "
+              f"max |logit diff| on a 64-token check {agree:.2e}")
         print(f"ratio (sdpo_jax / transformers tokens/s): {peer_s / ours:.2f}")
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
         (v for k, v in PEAK_BF16.items() if k.lower() in kind.lower()), None)
@@ -185,10 +156,6 @@ def main():
         print(f"model FLOPs: {flops / 1e9:.1f} GFLOP/s (no known peak for {kind!r}; "
               "pass --peak_tflops for MFU)")
 
-
-def transformers_version() -> str:
-    import transformers
-    return transformers.__version__
 
 
 if __name__ == "__main__":
