@@ -32,6 +32,7 @@ PROJECT_ERRORS = {
     "sdpo_jax.models.hf:CheckpointError": 2,
     "sdpo_jax.sharding:MeshError": 2,
     "sdpo_jax.tokenizer:TokenizerError": 2,
+    "sdpo_jax.hub:SourceError": 2,
     "sdpo_jax.warm_start:StaleWarmStart": 2,
     "sdpo_jax.warm_start:WarmStartError": 4,  # the warm start's step cap hit: the run did not learn
     "sdpo_jax.envs.sandbox.host:SandboxUnavailable": 2,
@@ -65,9 +66,12 @@ def exit_code(body: Callable[[], int | None]) -> int:
     """`body()`'s exit code (None: 0); a project error instead prints one `error:` line and gives its code."""
     try:
         return body() or 0
-    except tuple(project_errors()) as err:
+    except Exception as err:
+        code = next((code for cls, code in project_errors().items() if isinstance(err, cls)), None)
+        if code is None:
+            raise
         print_error(err)
-        return next(code for cls, code in project_errors().items() if isinstance(err, cls))
+        return code
 
 
 # --------------------------------------------------------------------------------------- flags
@@ -123,7 +127,8 @@ def _value_hint(message: str) -> str:
             node = node[key]
     except (AttributeError, KeyError, TypeError):  # not a config field's value
         return ""
-    return f" ({field.group(1)} is of type {type(node).__name__}, e.g. its value here: --config.{field.group(1)}={node!r})"
+    name = field.group(1)
+    return f" ({name} is of type {type(node).__name__}, e.g. its value here: --config.{name}={node!r})"
 
 
 def _print_help(doc: str) -> None:

@@ -6,7 +6,7 @@ heavy is built (set-up calls `load_checked_tokenizer`).
 (`model.revision`, `HF_TOKEN` from the environment for gated models); on a multi-process launch the first
 process of each host downloads and the host's other processes wait for it. Offline (`HF_HUB_OFFLINE=1`) a
 model already in the cache is used; one that is not, or a failed download, is one `SourceError` saying how
-to fetch it. Every error here is a `SourceError` naming the field; set-up reports it as a `config.ConfigError`.
+to fetch it. Every error here is a `SourceError` naming the field (one of `cli.PROJECT_ERRORS`: one `error:` line).
 
 The vocabulary checks read `config.json` and the tokenizer files only (never the weights): the tokenizer's
 largest id must have an embedding row, the model may have at most max(1,024, 1 % of vocab_size) rows

@@ -141,13 +141,10 @@ def make_run_mesh(cfg, devices=None):
 def checked_tokenizer(cfg):
     """(the model's local directory or None for a random init, the tokenizer): hub ids fetched, the tokenizer
     (`config.tokenizer_path`) checked against the model's vocabulary, before the mesh or the model is built.
-    Raises config.ConfigError (a hub.SourceError: the field and what would work)."""
-    try:
-        return hub.load_checked_tokenizer(cfg.model.path, config_lib.tokenizer_path(cfg), revision=cfg.model.revision,
-                                          defaulted=cfg.tokenizer.path is None,
-                                          check_vocabulary=cfg.tokenizer.check_vocabulary)
-    except hub.SourceError as err:
-        raise config_lib.ConfigError(str(err)) from None
+    Raises hub.SourceError (one of `cli.PROJECT_ERRORS`: the field and what would work)."""
+    return hub.load_checked_tokenizer(cfg.model.path, config_lib.tokenizer_path(cfg), revision=cfg.model.revision,
+                                      defaulted=cfg.tokenizer.path is None,
+                                      check_vocabulary=cfg.tokenizer.check_vocabulary)
 
 
 def build_model(cfg, tokenizer, mesh, model_dir: str | None = None):
@@ -222,7 +219,7 @@ def initial_params(cfg, actor: rollout.Actor, params, splits: dict[str, list[dic
 
 def build_run(cfg, *, devices=None) -> train.Run:
     """Everything `train.loop` needs, built once from `cfg` (resumed from a checkpoint when one exists). The
-    data files are read and checked first, then the model and tokenizer sources (config.ConfigError when
+    data files are read and checked first, then the model and tokenizer sources (hub.SourceError when
     model.path / tokenizer.path cannot be used), and the run directory is made only once the model is built, so
     a bad row, tokenizer or checkpoint (`cli.PROJECT_ERRORS`) stops the run before anything heavy and leaves
     nothing behind. Raises warm_start.StaleWarmStart / WarmStartError when the demo's warm start cannot be

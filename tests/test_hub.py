@@ -41,7 +41,7 @@ def test_a_token_id_without_an_embedding_row_is_refused_naming_both_sizes(tmp_pa
     """The demo tokenizer (ids 0..511) with a model of vocab_size 256 is refused at set-up, naming the
     tokenizer's largest id, the model's vocab_size and both fields."""
     model = _model_dir(tmp_path / "m", 256)
-    with pytest.raises(config_lib.ConfigError) as err:
+    with pytest.raises(hub.SourceError) as err:
         setup.checked_tokenizer(_cfg(model, "demo"))
     message = str(err.value)
     for needle in ("largest id is 511", "512 tokens", "vocab_size is 256", "tokenizer.path='demo'", f"model.path={model!r}"):
@@ -53,7 +53,7 @@ def test_check_vocabulary_false_skips_the_checks(tmp_path):
     tokenizer beside a model whose vocab_size it does not fit; the default refuses the same pair."""
     model = _model_dir(tmp_path / "m", 151_936)
     cfg = _cfg(model, "demo")
-    with pytest.raises(config_lib.ConfigError, match="151936"):
+    with pytest.raises(hub.SourceError, match="151936"):
         setup.checked_tokenizer(cfg)
     cfg.tokenizer.check_vocabulary = False
     model_dir, tokenizer = setup.checked_tokenizer(cfg)
@@ -78,7 +78,7 @@ def test_another_tokenizer_than_the_one_the_model_ships_is_refused(tmp_path):
     model = _model_dir(tmp_path / "m", 320, tokenizer_vocab=300)
     other = str(tmp_path / "other")
     build_demo_tokenizer(other, vocab_size=310)
-    with pytest.raises(config_lib.ConfigError, match=r"tokenizer.path=.*other' \(310 tokens\) differs from the tokenizer "
+    with pytest.raises(hub.SourceError, match=r"tokenizer.path=.*other' \(310 tokens\) differs from the tokenizer "
                                                      r"that model.path=.* ships \(300 tokens"):
         setup.checked_tokenizer(_cfg(model, other))
     copy = str(tmp_path / "copy")
@@ -91,8 +91,8 @@ def test_a_model_without_a_tokenizer_needs_tokenizer_path(tmp_path):
     """model.path without tokenizer files and tokenizer.path unset is refused, saying tokenizer.path defaulted
     to the model directory and what to set."""
     model = _model_dir(tmp_path / "m", 512)
-    with pytest.raises(config_lib.ConfigError, match=r"tokenizer.path=.*\(unset: the model directory\) holds none of "
-                                                     r"tokenizer.json.*set --config.tokenizer.path"):
+    with pytest.raises(hub.SourceError, match=r"tokenizer.path=.*\(unset: the model directory\) holds none of "
+                                              r"tokenizer.json.*set --config.tokenizer.path"):
         setup.checked_tokenizer(_cfg(model))
 
 
@@ -169,7 +169,7 @@ def test_offline_a_hub_id_outside_the_cache_says_how_to_fetch_it(tmp_path, monke
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
-    with pytest.raises(config_lib.ConfigError) as err:
+    with pytest.raises(hub.SourceError) as err:
         setup.checked_tokenizer(_cfg("Qwen/Qwen3-0.6B"))
     message = str(err.value)
     for needle in ("model.path='Qwen/Qwen3-0.6B'", "HF_HUB_OFFLINE=1", "hf download Qwen/Qwen3-0.6B", "unset HF_HUB_OFFLINE"):
@@ -177,7 +177,7 @@ def test_offline_a_hub_id_outside_the_cache_says_how_to_fetch_it(tmp_path, monke
 
 
 def test_a_failed_download_is_one_error_naming_the_id(monkeypatch):
-    """Online, a hub client failure (e.g. a gated or missing repository) becomes one ConfigError naming the
+    """Online, a hub client failure (e.g. a gated or missing repository) becomes one SourceError naming the
     field, the id at its revision and the exception, with what to try."""
     import huggingface_hub
     from huggingface_hub import constants
@@ -187,8 +187,8 @@ def test_a_failed_download_is_one_error_naming_the_id(monkeypatch):
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
-    with pytest.raises(config_lib.ConfigError, match=r"model.path='meta-llama/x' .*downloading meta-llama/x@v1 .*failed "
-                                                     r"\(OSError: 401 Client Error: gated repo\); .*HF_TOKEN"):
+    with pytest.raises(hub.SourceError, match=r"model.path='meta-llama/x' .*downloading meta-llama/x@v1 .*failed "
+                                              r"\(OSError: 401 Client Error: gated repo\); .*HF_TOKEN"):
         setup.checked_tokenizer(_cfg("meta-llama/x", revision="v1"))
 
 
