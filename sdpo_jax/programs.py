@@ -202,8 +202,7 @@ def _generate_programs(shapes: ProgramShapes, model_cfg, state, mesh, *, prompts
     """prefill and decode of `sampling.generate` for `prompts` global prompts x n samples each, at the largest
     rollout prompt bucket unless `prompt_width` (the decode's arguments are the compiled prefill's outputs;
     with_decode=False: the prefill alone, not compiled)."""
-    sampling_programs = sampling.SamplingPrograms(model_cfg, mesh, weights_shardings=sampling.decode_weights_shardings(
-        model_cfg, mesh, gathered=shapes.decode_gathered))  # as setup.build_actor makes them
+    sampling_programs = sampling.SamplingPrograms(model_cfg, mesh, gathered=shapes.decode_gathered)  # as set-up does
     decode_cfg = sampling_programs.model_cfg
     params = abstract_decode_params(shapes, model_cfg, state, mesh)
     resident = state._replace(params=None) if params is state.params else state

@@ -47,8 +47,7 @@ class Actor:
     max_new_tokens: int
     prompt_buckets: tuple[int, ...]
     cache_dtype: str
-    weights_copy: Callable | None  # params -> the weights generate reads (sampling.decode_weights_program)
-    programs: sampling.SamplingPrograms  # the prefill and decode jits, made once for these weights and mesh
+    programs: sampling.SamplingPrograms  # the weights copy, prefill and decode jits, made once for the mesh
     enable_thinking: bool
     success_threshold: float
     rollout_policy: SamplingPolicy
@@ -107,9 +106,10 @@ def decode_weights(actor: Actor, params):
     """The weights `generate` reads: a compute-dtype copy without fsdp (rollout.decode_weights "gathered": no
     all-gather of the weights at every decode step), a compute-dtype copy in the parameters' sharding (fp32
     master weights, bf16 compute: half the bytes per step; same values, the forward casts them anyway), or
-    the parameters themselves (`Actor.weights_copy`, made at set-up). Call it once per set of parameters and
+    the parameters themselves (`SamplingPrograms.weights_copy`, made at set-up). Call it once per set of parameters and
     pass the result to every `sample` with them."""
-    return params if actor.weights_copy is None else actor.weights_copy(params)
+    copy = actor.programs.weights_copy
+    return params if copy is None else copy(params)
 
 
 def generate(actor: Actor, weights, prompt_ids: list[list[int]], key, policy: SamplingPolicy, *,

@@ -281,22 +281,27 @@ def _decode(cfg, spec, params, state, stop_ids_e, pad_id, rng):
 
 
 class SamplingPrograms:
-    """The rollout's two jitted programs for one model, mesh and weight layout, made once (`setup.build_actor`;
+    """The rollout's jitted programs for one model, mesh and weight layout, made once (`setup.build_actor`;
     `programs.py` lowers the same ones from abstract arguments):
 
+    - `weights_copy(params) -> weights` (`decode_weights_program`): the weights generate reads, with `gathered`
+      (rollout.decode_weights) without fsdp, else in the parameters' sharding; None when the parameters
+      themselves are read (`gathered=None`: whatever weights are passed, as they are placed);
     - `prefill(spec, n, max_new_tokens, cache_dtype, weights, prompt_ids, prompt_mask, stop_ids, pad_id, key)
       -> state` (`_prefill`), the first four static;
     - `decode(spec, weights, state, stop_ids, pad_id, key) -> (state, finish_reason)` (`_decode`), `spec`
       static, the state donated (the loop writes the cache in place).
 
-    On a mesh both carry their shardings at the jit: the weights in `weights_shardings` (None: as they are
-    placed), the stop ids, pad id and key replicated, the prompts as `generate` places them (`prompt_sharding`:
-    rows split when they divide the row axes), the state in `decode_state_shardings`. `model_cfg` is the
-    decode configuration (`decode_model_config`). Each compiles lazily, once per (prompt bucket, rows,
-    max_new_tokens, sampling spec, cache dtype)."""
+    On a mesh prefill and decode carry their shardings at the jit: the weights in `decode_weights_shardings`
+    (as placed when `gathered` is None), the stop ids, pad id and key replicated, the prompts as `generate`
+    places them (`prompt_sharding`: rows split when they divide the row axes), the state in
+    `decode_state_shardings`. `model_cfg` is the decode configuration (`decode_model_config`). Each compiles
+    lazily, once per (prompt bucket, rows, max_new_tokens, sampling spec, cache dtype)."""
 
-    def __init__(self, model_cfg, mesh=None, weights_shardings=None):
+    def __init__(self, model_cfg, mesh=None, *, gathered: bool | None = None):
         self.model_cfg, self.mesh = decode_model_config(model_cfg, mesh), mesh
+        self.weights_copy = None if gathered is None else decode_weights_program(model_cfg, mesh, gathered=gathered)
+        weights_shardings = None if gathered is None else decode_weights_shardings(model_cfg, mesh, gathered=gathered)
         prefill_fn = functools.partial(_prefill, self.model_cfg, mesh)
         decode_fn = functools.partial(_decode, self.model_cfg)
         if mesh is None:

@@ -168,7 +168,6 @@ def build_actor(cfg, *, devices=None) -> tuple[rollout.Actor, Any, Any]:
     model_cfg, params = build_model(cfg, tokenizer, mesh, model_dir)
     extra_eos = model_cfg.eos_token_id
     extra_eos = [extra_eos] if isinstance(extra_eos, int) else list(extra_eos or ())
-    gathered = cfg.rollout.decode_weights == "gathered"
     scorer = envs_lib.base.Scorer(
         cfg.env.name, num_workers=cfg.env.num_workers or None, timeout_s=cfg.env.timeout_s,
         env_options={**cfg.env.options.to_dict(), "unsafe": cfg.env.unsafe_allow_no_sandbox})
@@ -176,9 +175,7 @@ def build_actor(cfg, *, devices=None) -> tuple[rollout.Actor, Any, Any]:
         model_cfg=model_cfg, mesh=mesh, tokenizer=tokenizer, env=envs_lib.get_env(cfg.env.name), scorer=scorer.score,
         eos_ids=tuple(sorted({tokenizer.eos_token_id, *extra_eos})), max_new_tokens=cfg.rollout.max_new_tokens,
         prompt_buckets=tuple(cfg.rollout.prompt_buckets), cache_dtype=cfg.rollout.cache_dtype,
-        weights_copy=sampling.decode_weights_program(model_cfg, mesh, gathered=gathered),
-        programs=sampling.SamplingPrograms(
-            model_cfg, mesh, weights_shardings=sampling.decode_weights_shardings(model_cfg, mesh, gathered=gathered)),
+        programs=sampling.SamplingPrograms(model_cfg, mesh, gathered=cfg.rollout.decode_weights == "gathered"),
         enable_thinking=cfg.tokenizer.enable_thinking, success_threshold=cfg.reprompt.success_threshold,
         rollout_policy=rollout_policy(cfg), eval_policy=eval_policy(cfg), eval_chunk=cfg.data.prompts_per_step)
     return actor, params, getattr(scorer, "close", lambda: None)

@@ -224,8 +224,7 @@ def test_set_up_programs_carry_shardings_and_donate_the_decode_state(qwen3):
     cfg, params = qwen3
     mesh = make_mesh(data=2, fsdp=2, tensor=2)
     sharded = shard_params(params, param_shardings(cfg, mesh))
-    programs = sampling.SamplingPrograms(cfg, mesh, weights_shardings=sampling.decode_weights_shardings(
-        cfg, mesh, gathered=False))
+    programs = sampling.SamplingPrograms(cfg, mesh, gathered=False)
     got = _generate(cfg, sharded, prompts=PROMPTS, n=2, temperature=1.0, rng=3, mesh=mesh, programs=programs)
     ref = _generate(cfg, sharded, prompts=PROMPTS, n=2, temperature=1.0, rng=3, mesh=mesh)
     np.testing.assert_array_equal(got.tokens, ref.tokens)
